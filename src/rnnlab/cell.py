@@ -1,0 +1,98 @@
+"""The cell protocol: a recurrent cell is three pure functions.
+
+Like optax's ``GradientTransformation(init, update)``, a :class:`Cell` is a
+NamedTuple of pure functions returned by a factory that closes over the cell's
+hyper-parameters, so that ``jax.grad``/``jax.vmap`` only ever see arrays::
+
+    cell = rnnlab.lstm(hidden_size=64)
+    params = cell.init(key, input_size=8)                  # pytree of arrays
+    carry = cell.initial_carry(params, batch_shape=(32,))  # pytree of arrays
+    carry, y = cell.step(params, carry, x_t)               # x_t [32, 8] -> y [32, 64]
+
+Any object with these three attributes works everywhere in rnnlab; it need not
+be a :class:`Cell` instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PRNGKey = jax.Array
+Params = Any  # a pytree of arrays
+Carry = Any  # a pytree of arrays
+
+
+class Cell(NamedTuple):
+    """A recurrent cell as three pure functions.
+
+    Attributes:
+      init: ``init(key, input_size) -> params``: a pytree of arrays, nothing else.
+      initial_carry: ``initial_carry(params, batch_shape=()) -> carry``: the state
+        before the first step, for inputs of shape ``[*batch_shape, input_size]``.
+      step: ``step(params, carry, x) -> (carry, y)``: one time step. ``x`` is
+        ``[*batch_shape, input_size]``; the signature is that of a
+        ``jax.lax.scan`` body once ``params`` is bound.
+    """
+
+    init: Callable[[PRNGKey, int], Params]
+    initial_carry: Callable[..., Carry]
+    step: Callable[[Params, Carry, Array], tuple[Carry, Array]]
+
+
+def check_cell(cell: Any, name: str = "cell") -> None:
+    """Raises TypeError unless ``cell`` has callable init/initial_carry/step."""
+    missing = [f for f in Cell._fields if not callable(getattr(cell, f, None))]
+    if missing:
+        raise TypeError(
+            f"{name} must have callable attributes {Cell._fields} (the rnnlab Cell "
+            f"protocol); received {type(cell).__name__} lacking {tuple(missing)}."
+        )
+
+
+def check_float_input(x: Any, name: str) -> None:
+    """Raises TypeError unless ``x`` has a real floating dtype."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name} must have a real floating dtype; received dtype {dtype}.")
+
+
+def check_input_size(x: Array, expected: int, name: str = "x") -> None:
+    """Raises ValueError unless ``x.shape[-1] == expected``.
+
+    Shapes are static under ``jit``, so this check costs nothing at run time.
+    """
+    if x.ndim == 0 or x.shape[-1] != expected:
+        raise ValueError(
+            f"{name} must have {expected} input features in its last axis "
+            f"(the input_size the params were initialised with); received shape {x.shape}."
+        )
+
+
+def check_batch_shape(batch_shape: Any) -> tuple[int, ...]:
+    """Normalises ``batch_shape`` to a tuple of non-negative ints, or raises."""
+    if isinstance(batch_shape, int):
+        batch_shape = (batch_shape,)
+    if not isinstance(batch_shape, Sequence) or not all(
+        isinstance(d, int) and d >= 0 for d in batch_shape
+    ):
+        raise TypeError(
+            f"batch_shape must be a tuple of non-negative ints; received {batch_shape!r}."
+        )
+    return tuple(batch_shape)
+
+
+def check_choice(value: Any, choices: Sequence[Any], name: str) -> None:
+    """Raises ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}; received {value!r}.")
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int; received {value!r}.")
+    return value

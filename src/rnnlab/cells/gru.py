@@ -1,0 +1,104 @@
+"""Gated recurrent unit."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnlab import initializers
+from rnnlab.cell import Cell, check_batch_shape, check_input_size, check_positive_int
+
+Array = jax.Array
+
+
+class GRUParams(NamedTuple):
+    W_x: Array  # [F, 3H] input weights, gate blocks in order (r, z, n)
+    W_h: Array  # [H, 3H] recurrent weights, same block order
+    b_x: Array  # [3H] input bias
+    b_h: Array  # [3H] recurrent bias (only its n block differs from b_x when reset_after)
+
+
+def gru(
+    hidden_size: int,
+    *,
+    reset_after: bool = True,
+    recurrent_init: str | initializers.Initializer = "orthogonal",
+    input_init: str | initializers.Initializer = "lecun_normal",
+    param_dtype=jnp.float32,
+) -> Cell:
+    r"""Gated recurrent unit (Cho et al. 2014), in either of its two forms.
+
+    .. math::
+        r &= \sigma(x_t W_{xr} + b_{xr} + h_{t-1} W_{hr} + b_{hr}) \\
+        z &= \sigma(x_t W_{xz} + b_{xz} + h_{t-1} W_{hz} + b_{hz}) \\
+        n &= \tanh(x_t W_{xn} + b_{xn} + r \odot (h_{t-1} W_{hn} + b_{hn}))
+             &&\text{(reset\_after=True: cuDNN, PyTorch, flax, Keras)} \\
+        n &= \tanh(x_t W_{xn} + b_{xn} + (r \odot h_{t-1}) W_{hn} + b_{hn})
+             &&\text{(reset\_after=False: Cho et al. 2014)} \\
+        h_t &= (1 - z) \odot n + z \odot h_{t-1}, \qquad y_t = h_t
+
+    **Default: ``reset_after=True``**, the cuDNN/PyTorch form (reset gate applied
+    after the recurrent matmul), which is what ``torch.nn.GRU``,
+    ``flax.linen.GRUCell`` and Keras' default compute, so weights move between
+    them unchanged. ``reset_after=False`` is the original paper's form.
+
+    Params (:class:`GRUParams`): ``W_x [F, 3H]``, ``W_h [H, 3H]``, ``b_x [3H]``,
+    ``b_h [3H]``, blocks in PyTorch's order (reset, update, new).
+    Carry: ``h [*batch, H]``, zeros initially.
+
+    Args:
+      hidden_size: H.
+      reset_after: which form (see above).
+      recurrent_init: initialiser for each ``[H, H]`` block of ``W_h``.
+      input_init: initialiser for ``W_x``.
+      param_dtype: dtype of the parameters.
+
+    References:
+      Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for
+      Statistical Machine Translation", EMNLP 2014.
+    """
+    check_positive_int(hidden_size, "hidden_size")
+    if not isinstance(reset_after, bool):
+        raise TypeError(f"reset_after must be a bool; received {reset_after!r}.")
+    H = hidden_size
+    w_h_init = initializers.get(recurrent_init, "recurrent_init")
+    w_x_init = initializers.get(input_init, "input_init")
+
+    def init(key, input_size: int) -> GRUParams:
+        check_positive_int(input_size, "input_size")
+        k_x, k_h = jax.random.split(key)
+        W_h = jnp.concatenate(
+            [w_h_init(k, (H, H), param_dtype) for k in jax.random.split(k_h, 3)], axis=1
+        )
+        W_x = jnp.concatenate(
+            [w_x_init(k, (input_size, H), param_dtype) for k in jax.random.split(k_x, 3)],
+            axis=1,
+        )
+        zeros = jnp.zeros((3 * H,), param_dtype)
+        return GRUParams(W_x=W_x, W_h=W_h, b_x=zeros, b_h=zeros)
+
+    def initial_carry(params: GRUParams, batch_shape=()) -> Array:
+        batch_shape = check_batch_shape(batch_shape)
+        return jnp.zeros(batch_shape + params.W_h.shape[:1], params.W_h.dtype)
+
+    def step(params: GRUParams, h: Array, x: Array) -> tuple[Array, Array]:
+        check_input_size(x, params.W_x.shape[0])
+        gx = x @ params.W_x + params.b_x
+        gx_r, gx_z, gx_n = jnp.split(gx, 3, axis=-1)
+        if reset_after:
+            gh_r, gh_z, gh_n = jnp.split(h @ params.W_h + params.b_h, 3, axis=-1)
+            r = jax.nn.sigmoid(gx_r + gh_r)
+            z = jax.nn.sigmoid(gx_z + gh_z)
+            n = jnp.tanh(gx_n + r * gh_n)
+        else:
+            gh_rz = h @ params.W_h[:, : 2 * H] + params.b_h[: 2 * H]
+            gh_r, gh_z = jnp.split(gh_rz, 2, axis=-1)
+            r = jax.nn.sigmoid(gx_r + gh_r)
+            z = jax.nn.sigmoid(gx_z + gh_z)
+            n = jnp.tanh(gx_n + (r * h) @ params.W_h[:, 2 * H :] + params.b_h[2 * H :])
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    return Cell(init, initial_carry, step)
