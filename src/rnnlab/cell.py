@@ -96,3 +96,13 @@ def check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int; received {value!r}.")
     return value
+
+
+def add_bias(y: Array, b: Array) -> Array:
+    """``y + b`` for ``y [..., H]`` and ``b [H]``, with the broadcast written out.
+
+    Spelling the leading singleton axes keeps cells valid under
+    ``jax_numpy_rank_promotion="raise"``, which users (and our tests) turn on to
+    catch accidental broadcasting.
+    """
+    return y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape)

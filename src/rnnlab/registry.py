@@ -71,13 +71,26 @@ def names(tag: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, e in _REGISTRY.items() if tag is None or tag in e.tags)
 
 
-register("elman-tanh", functools.partial(elman, nonlinearity="tanh"),
-         description="Elman RNN, tanh, orthogonal W_h", tags=("classic",))
-register("elman-relu", functools.partial(elman, nonlinearity="relu"),
-         description="Elman RNN, ReLU, orthogonal W_h", tags=("classic",))
+register(
+    "elman-tanh",
+    functools.partial(elman, nonlinearity="tanh"),
+    description="Elman RNN, tanh, orthogonal W_h",
+    tags=("classic",),
+)
+register(
+    "elman-relu",
+    functools.partial(elman, nonlinearity="relu"),
+    description="Elman RNN, ReLU, orthogonal W_h",
+    tags=("classic",),
+)
 register("irnn", irnn, description="ReLU RNN, W_h = I (Le et al. 2015)", tags=("classic",))
-register("lstm-fb0", functools.partial(lstm, forget_bias=0.0),
-         description="LSTM, forget bias 0", tags=("classic",))
-register("lstm", lstm, description="LSTM, forget bias 1 (Jozefowicz et al. 2015)",
-         tags=("classic",))
+register(
+    "lstm-fb0",
+    functools.partial(lstm, forget_bias=0.0),
+    description="LSTM, forget bias 0",
+    tags=("classic",),
+)
+register(
+    "lstm", lstm, description="LSTM, forget bias 1 (Jozefowicz et al. 2015)", tags=("classic",)
+)
 register("gru", gru, description="GRU, reset after matmul (cuDNN form)", tags=("classic",))

@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 
 from rnnlab import initializers
-from rnnlab.cell import Cell, check_batch_shape, check_choice, check_input_size, check_positive_int
+from rnnlab.cell import (
+    Cell,
+    add_bias,
+    check_batch_shape,
+    check_choice,
+    check_input_size,
+    check_positive_int,
+)
 
 Array = jax.Array
 
@@ -81,7 +88,7 @@ def elman(
 
     def step(params: ElmanParams, h: Array, x: Array) -> tuple[Array, Array]:
         check_input_size(x, params.W_x.shape[0])
-        h = act(x @ params.W_x + h @ params.W_h + params.b)
+        h = act(add_bias(x @ params.W_x + h @ params.W_h, params.b))
         return h, h
 
     return Cell(init, initial_carry, step)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnlab import initializers
-from rnnlab.cell import Cell, check_batch_shape, check_input_size, check_positive_int
+from rnnlab.cell import Cell, add_bias, check_batch_shape, check_input_size, check_positive_int
 
 Array = jax.Array
 
@@ -85,19 +85,19 @@ def gru(
 
     def step(params: GRUParams, h: Array, x: Array) -> tuple[Array, Array]:
         check_input_size(x, params.W_x.shape[0])
-        gx = x @ params.W_x + params.b_x
+        gx = add_bias(x @ params.W_x, params.b_x)
         gx_r, gx_z, gx_n = jnp.split(gx, 3, axis=-1)
         if reset_after:
-            gh_r, gh_z, gh_n = jnp.split(h @ params.W_h + params.b_h, 3, axis=-1)
+            gh_r, gh_z, gh_n = jnp.split(add_bias(h @ params.W_h, params.b_h), 3, axis=-1)
             r = jax.nn.sigmoid(gx_r + gh_r)
             z = jax.nn.sigmoid(gx_z + gh_z)
             n = jnp.tanh(gx_n + r * gh_n)
         else:
-            gh_rz = h @ params.W_h[:, : 2 * H] + params.b_h[: 2 * H]
+            gh_rz = add_bias(h @ params.W_h[:, : 2 * H], params.b_h[: 2 * H])
             gh_r, gh_z = jnp.split(gh_rz, 2, axis=-1)
             r = jax.nn.sigmoid(gx_r + gh_r)
             z = jax.nn.sigmoid(gx_z + gh_z)
-            n = jnp.tanh(gx_n + (r * h) @ params.W_h[:, 2 * H :] + params.b_h[2 * H :])
+            n = jnp.tanh(gx_n + add_bias((r * h) @ params.W_h[:, 2 * H :], params.b_h[2 * H :]))
         h = (1.0 - z) * n + z * h
         return h, h
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnlab import initializers
-from rnnlab.cell import Cell, check_batch_shape, check_input_size, check_positive_int
+from rnnlab.cell import Cell, add_bias, check_batch_shape, check_input_size, check_positive_int
 
 Array = jax.Array
 
@@ -102,7 +102,7 @@ def lstm(
 
     def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
         check_input_size(x, params.W_x.shape[0])
-        z = x @ params.W_x + carry.h @ params.W_h + params.b
+        z = add_bias(x @ params.W_x + carry.h @ params.W_h, params.b)
         i, f, g, o = jnp.split(z, 4, axis=-1)
         c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)

@@ -39,7 +39,7 @@ def stack(cells: Sequence[Cell]) -> Cell:
             p = cell.init(k, size)
             # The next layer's input size is this layer's output size, read off
             # abstractly so that any user cell works without declaring it.
-            carry = jax.eval_shape(cell.initial_carry, p, ())
+            carry = jax.eval_shape(lambda p, c=cell: c.initial_carry(p, ()), p)
             _, y = jax.eval_shape(cell.step, p, carry, jax.ShapeDtypeStruct((size,), jnp.float32))
             size = y.shape[-1]
             params.append(p)

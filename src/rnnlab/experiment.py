@@ -1,0 +1,434 @@
+"""Plumbing shared by the experiment scripts: configs, command lines, results folders.
+
+The scripts in ``experiments/`` stay thin (nanodo style): each defines a frozen
+dataclass config, calls :func:`parse_config` to get it from the command line,
+opens a :class:`RunDir`, calls library functions and writes what they return.
+
+- **One source of truth for settings.** The command line is generated from the
+  dataclass fields (``--field value``; ``--flag/--no-flag`` for bools; comma
+  lists for tuples), help text from ``field(metadata={"help": ...})``, and the
+  config's ``PRESETS`` (``--preset quick``) and its docstring in ``--help``.
+- **Nothing is lost.** Every file is written atomically (temp file + rename),
+  so a killed run leaves either the old or the new file, never half of one; a
+  run folder holds ``config.json`` and ``environment.json`` from its start and
+  ``COMPLETE`` at its end, so an interrupted folder is recognisable; re-running
+  into a folder made with a different config refuses unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import datetime
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import types
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+COMPLETE_MARKER = "COMPLETE"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_csv(
+    path: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    fieldnames: Sequence[str] | None = None,
+) -> Path:
+    """Writes a list of dicts as CSV (columns from ``fieldnames`` or the first row)."""
+    buf = io.StringIO()
+    fieldnames = list(fieldnames or (rows[0].keys() if rows else []))
+    writer = csv.DictWriter(buf, fieldnames=fieldnames)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: to_jsonable(v) for k, v in row.items()})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def save_figure(
+    fig, path_stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """Saves a matplotlib figure atomically in each format; returns the paths."""
+    paths = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
+        paths.append(atomic_write_bytes(Path(f"{path_stem}.{fmt}"), buf.getvalue()))
+    return paths
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Converts configs, numpy/jax arrays and scalars, paths and tuples to JSON types."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / jax arrays and scalars
+        return obj.tolist()
+    if isinstance(obj, float) and obj != obj:
+        return None  # NaN: JSON has none; None keeps files readable by any parser
+    return obj
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions, device and machine, recorded beside every result."""
+    import jax
+
+    info: dict[str, Any] = {
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+    }
+    for module in ("jaxlib", "flax", "optax", "numpy", "matplotlib", "rnnlab"):
+        with contextlib.suppress(Exception):
+            info[module] = __import__(module).__version__
+    return info
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints.get(field.name, str)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _parser_for(tp: Any, name: str):
+    """Returns a function str -> value for a field of type ``tp``."""
+    tp, optional = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+        if origin in (tuple, list, Sequence):
+            args = typing.get_args(tp)
+            item = args[0] if args else str
+            parts = [p.strip() for p in text.split(",") if p.strip()]
+            return tuple(_parser_for(item, name)(p) for p in parts)
+        if tp is bool:
+            return _parse_bool(text, name)
+        if tp in (int, float, str):
+            try:
+                return tp(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"--{name} expects {tp.__name__}; received {text!r}"
+                ) from None
+        return text
+
+    return parse
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"--{name} expects true/false; received {text!r}")
+
+
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def build_parser(config_cls: type, *, prog: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser whose options are the fields of the dataclass ``config_cls``.
+
+    The parser also has ``--preset NAME`` (keys of ``config_cls.PRESETS``, applied
+    before explicit options), ``--out DIR`` and ``--overwrite``.
+    """
+    presets: Mapping[str, Mapping[str, Any]] = getattr(config_cls, "PRESETS", {})
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(config_cls.__doc__ or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = parser.add_argument_group("config (each field of the config dataclass)")
+    for f in dataclasses.fields(config_cls):
+        tp = _field_type(config_cls, f)
+        base, _ = _unwrap_optional(tp)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        flag = "--" + f.name.replace("_", "-")
+        if base is bool:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {default})",
+            )
+        else:
+            kind = getattr(base, "__name__", str(base))
+            if typing.get_origin(base) in (tuple, list, Sequence):
+                kind = "comma-separated list"
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=_parser_for(tp, f.name),
+                default=None,
+                metavar=kind.upper() if kind != "comma-separated list" else "A,B,...",
+                help=f"{help_text} (default: {_fmt_default(default)})",
+            )
+    run = parser.add_argument_group("run")
+    if presets:
+        lines = "; ".join(
+            f"{k}: " + ", ".join(f"{n}={_fmt_default(v)}" for n, v in p.items())
+            for k, p in presets.items()
+        )
+        run.add_argument(
+            "--preset",
+            choices=sorted(presets),
+            default=None,
+            help=f"start from a named preset, then apply explicit options ({lines})",
+        )
+        if "quick" in presets:
+            run.add_argument(
+                "--quick",
+                dest="preset",
+                action="store_const",
+                const="quick",
+                help="shorthand for --preset quick",
+            )
+    run.add_argument(
+        "--out", default=None, help="results folder (default: a name made from the config)"
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing results folder even if it was made with a different config",
+    )
+    return parser
+
+
+def parse_config(
+    config_cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None
+) -> tuple[C, argparse.Namespace]:
+    """Builds a ``config_cls`` from the command line. Returns ``(config, namespace)``.
+
+    Invalid values raise through the config's ``__post_init__`` and are reported
+    as a usage error naming the option.
+    """
+    parser = build_parser(config_cls, prog=prog)
+    ns = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    preset = getattr(ns, "preset", None)
+    if preset:
+        values.update(config_cls.PRESETS[preset])
+    for f in dataclasses.fields(config_cls):
+        v = getattr(ns, f.name)
+        if v is not None:
+            values[f.name] = v
+    try:
+        config = config_cls(**values)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    return config, ns
+
+
+# ----------------------------------------------------------------------------- results folders
+
+
+class ConfigMismatchError(RuntimeError):
+    """Raised when a results folder already holds a run with a different config."""
+
+
+class RunDir:
+    """A results folder for one experiment run.
+
+    On opening it writes ``config.json`` and ``environment.json``. If the folder
+    already holds a ``config.json`` from a different config it refuses
+    (:class:`ConfigMismatchError`) unless ``overwrite``, in which case it is
+    emptied first. With the same config it is reused, so a re-run resumes.
+
+    Args:
+      path: the folder.
+      config: the run's config (a dataclass); its JSON form is compared.
+      overwrite: replace a folder made with a different config.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: Any, *, overwrite: bool = False):
+        self.path = Path(path)
+        self.config = config
+        cfg_json = to_jsonable(config)
+        cfg_file = self.path / "config.json"
+        if cfg_file.exists():
+            old = json.loads(cfg_file.read_text())
+            if old != cfg_json:
+                if not overwrite:
+                    diff = {
+                        k: (old.get(k), cfg_json.get(k))
+                        for k in set(old) | set(cfg_json)
+                        if old.get(k) != cfg_json.get(k)
+                    }
+                    raise ConfigMismatchError(
+                        f"results folder {self.path} holds a run with a different config "
+                        f"(field: (existing, requested) = {diff}); choose another --out or "
+                        "pass --overwrite to replace it."
+                    )
+                shutil.rmtree(self.path)
+            elif overwrite:
+                shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg_file, cfg_json)
+        env = environment_info()
+        env["argv"] = sys.argv
+        atomic_write_json(self.path / "environment.json", env)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / COMPLETE_MARKER).exists()
+
+    def mark_complete(self) -> None:
+        atomic_write_text(self.path / COMPLETE_MARKER, datetime.datetime.now().isoformat() + "\n")
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return atomic_write_json(self.path / name, obj)
+
+    def write_csv(
+        self, name: str, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
+    ) -> Path:
+        return atomic_write_csv(self.path / name, rows, fieldnames)
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        p = self.path / name
+        return json.loads(p.read_text()) if p.exists() else default
+
+    def save_figure(self, fig, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+        return save_figure(fig, self.path / stem, formats)
+
+
+def default_run_name(experiment: str, config: Any, root: str | os.PathLike = "results") -> Path:
+    """``results/<experiment>/<preset-or-hash>``: a stable name per config, so re-runs resume."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(to_jsonable(config), sort_keys=True).encode()).hexdigest()[:8]
+    return Path(root) / experiment / f"run-{digest}"
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int, *, disable: bool | None = None) -> Iterator[Any]:
+    """A rich progress bar with ETA; yields ``advance(n=1, note=None)``.
+
+    Disabled automatically when stderr is not a terminal (CI logs stay clean)
+    unless ``disable=False``.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if disable is None:
+        disable = not sys.stderr.isatty()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+    )
+    with Progress(*columns, disable=disable, transient=False) as bar:
+        task = bar.add_task(description, total=total, note="")
+
+        def advance(n: int = 1, note: str | None = None) -> None:
+            bar.update(task, advance=n, **({"note": note} if note is not None else {}))
+
+        yield advance
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Prints a table with rich (plain text when not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="right" if c != columns[0] else "left")
+    for r in rows:
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+    Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
+
+
+def open_run_dir(experiment: str, config: Any, namespace: argparse.Namespace) -> RunDir:
+    """Opens the run's folder from ``--out``/``--overwrite``; exits with a message on a mismatch."""
+    path = namespace.out or default_run_name(experiment, config)
+    try:
+        return RunDir(path, config, overwrite=namespace.overwrite)
+    except ConfigMismatchError as e:
+        raise SystemExit(f"error: {e}") from None
