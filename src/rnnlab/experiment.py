@@ -422,7 +422,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
         table.add_column(c, justify="right" if c != columns[0] else "left")
     for r in rows:
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
-    Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
+    Console(width=max(140, shutil.get_terminal_size().columns)).print(table)
 
 
 def open_run_dir(experiment: str, config: Any, namespace: argparse.Namespace) -> RunDir:
