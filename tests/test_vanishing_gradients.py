@@ -1,0 +1,139 @@
+"""The headline experiment end to end at its --quick size: files, resume, replot, registry."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnlab
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def vg():
+    spec = importlib.util.spec_from_file_location(
+        "vanishing_gradients", ROOT / "experiments" / "vanishing_gradients.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def _user_cell(hidden_size):
+    """A linear cell h_t = 0.5 h_{t-1} + x W, registered by a 'user' for the experiment."""
+
+    def init(key, input_size):
+        return {"W": jax.random.normal(key, (input_size, hidden_size))}
+
+    def initial_carry(params, batch_shape=()):
+        return jnp.zeros((*batch_shape, hidden_size))
+
+    def step(params, h, x):
+        h = 0.5 * h + x @ params["W"]
+        return h, h
+
+    return rnnlab.Cell(init, initial_carry, step)
+
+
+@pytest.fixture(scope="module")
+def quick_run(vg, tmp_path_factory):
+    rnnlab.registry.register(
+        "test-half-linear", _user_cell, description="h = 0.5 h + x W",
+        decay_bound=lambda params: jnp.asarray(0.5), overwrite=True,
+    )
+    out = tmp_path_factory.mktemp("vg") / "run"
+    args = ["--quick", "--out", str(out), "--cells", "elman-tanh,lstm,test-half-linear"]
+    path = vg.main(args)
+    return vg, args, Path(path)
+
+
+def test_quick_run_writes_everything(quick_run):
+    _, _, path = quick_run
+    for name in ["gradient_norms.png", "phase_diagram.png", "gradient_norms.csv",
+                 "phase_diagram.csv", "summary.json", "config.json", "environment.json",
+                 "COMPLETE", "cells/lstm.json", "norms_lstm.npz"]:
+        assert (path / name).exists(), name
+    env = json.loads((path / "environment.json").read_text())
+    assert env["jax"] == jax.__version__ and env["devices"]
+    summary = json.loads((path / "summary.json").read_text())
+    assert set(summary["cells"]) == {"elman-tanh", "lstm", "test-half-linear"}
+    cfg = json.loads((path / "config.json").read_text())
+    raw = np.load(path / "norms_lstm.npz")
+    assert raw["init"].shape == (cfg["seeds"], cfg["seq_len"], cfg["batch_size"])
+    # The summary is the median over seeds x sequences of the raw norms, by distance.
+    k = 5
+    want = np.median(raw["init"][:, cfg["seq_len"] - 1 - k, :])
+    np.testing.assert_allclose(summary["cells"]["lstm"]["init"]["median"][k - 1], want,
+                               rtol=1e-6)
+
+
+def test_registered_user_cell_joins_with_its_closed_form(quick_run):
+    """A linear cell with decay 0.5 per step: the measured rate is exactly the closed form."""
+    _, _, path = quick_run
+    res = json.loads((path / "cells" / "test-half-linear.json").read_text())
+    np.testing.assert_allclose(res["init"]["decay_per_step"], 0.5, rtol=1e-4)
+    np.testing.assert_allclose(res["init"]["median"], res["init"]["theory"], rtol=1e-4)
+    assert res["init"]["bound_rate"] == 0.5
+
+
+def test_rerun_resumes_without_recomputing(quick_run, monkeypatch):
+    vg, args, path = quick_run
+    before = (path / "summary.json").read_text()
+
+    def fail(*a, **k):
+        raise AssertionError("a finished cell was measured again")
+
+    monkeypatch.setattr(vg, "measure_cell", fail)
+    monkeypatch.setattr(vg, "phase_diagram", fail)
+    vg.main(args)
+    assert (path / "summary.json").read_text() == before
+
+
+def test_partial_run_is_completed(quick_run, monkeypatch):
+    """Delete one cell's result (as if killed before it finished): only it is redone."""
+    vg, args, path = quick_run
+    before = json.loads((path / "cells" / "elman-tanh.json").read_text())
+    (path / "cells" / "elman-tanh.json").unlink()
+    (path / "COMPLETE").unlink()
+    measured = []
+    real = vg.measure_cell
+    monkeypatch.setattr(vg, "measure_cell", lambda name, *a: measured.append(name) or real(name, *a))
+    vg.main(args)
+    assert measured == ["elman-tanh"]
+    after = json.loads((path / "cells" / "elman-tanh.json").read_text())
+    assert after == before  # same seeds, same numbers
+    assert (path / "COMPLETE").exists()
+
+
+def test_replot_from_saved_numbers(quick_run):
+    vg, _, path = quick_run
+    png = path / "gradient_norms.png"
+    png.unlink()
+    vg.main(["--replot", str(path)])
+    assert png.stat().st_size > 10_000
+
+
+def test_different_config_into_same_folder_refuses(quick_run):
+    vg, args, _ = quick_run
+    with pytest.raises(SystemExit, match="different config"):
+        vg.main(args + ["--seq-len", "41"])
+
+
+def test_bad_options_are_usage_errors(vg, capsys):
+    with pytest.raises(SystemExit):
+        vg.main(["--cells", "transformer"])
+    assert "cell must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        vg.main(["--train-steps", "-1"])
+    assert "train_steps must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        vg.main(["--help"])
+    assert e.value.code == 0
+    assert "--phase-distance" in capsys.readouterr().out
