@@ -1,0 +1,184 @@
+"""The Flax wrappers only adapt: they compute exactly what rnnlab.scan computes,
+they train, and they accept a cell written by the user."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import rnnlab
+from rnnlab.wrappers import NNXRNN, LinenCell, LinenRNN
+
+T, B, F, H = 5, 3, 2, 4
+
+
+class H0Params(NamedTuple):
+    W: jax.Array  # [F + H, H]
+    h0: jax.Array  # [H] learned initial state
+
+
+def learned_h0_cell(hidden_size):
+    """A user's own cell: a tanh RNN with a learned initial state (not rnnlab's)."""
+
+    def init(key, input_size):
+        k_w, k_h = jax.random.split(key)
+        W = jax.random.normal(k_w, (input_size + hidden_size, hidden_size)) * 0.5
+        return H0Params(W=W, h0=jax.random.normal(k_h, (hidden_size,)))
+
+    def initial_carry(params, batch_shape=()):
+        return jnp.broadcast_to(params.h0, tuple(batch_shape) + params.h0.shape)
+
+    def step(params, h, x):
+        h = jnp.tanh(jnp.concatenate([x, h], axis=-1) @ params.W)
+        return h, h
+
+    return rnnlab.Cell(init, initial_carry, step)
+
+
+@pytest.fixture(scope="module")
+def xs():
+    return np.random.default_rng(1).standard_normal((T, B, F)).astype(np.float32)
+
+
+def _close(a, b):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6), a, b)
+
+
+# ----------------------------------------------------------------------------- linen
+
+
+@pytest.mark.parametrize("cell", [rnnlab.lstm(H), learned_h0_cell(H)], ids=["lstm", "user"])
+def test_linen_rnn_equals_scan(cell, xs):
+    rnn = LinenRNN(cell, return_carry=True)
+    variables = jax.jit(rnn.init)(jax.random.key(0), xs)
+    assert set(variables) == {"params"} and set(variables["params"]) == {"cell"}
+    params = variables["params"]["cell"]
+    _close(rnn.apply(variables, xs), rnnlab.scan(cell, params, xs))
+
+    # Options pass through: batch-major, lengths, reverse, given carry, ys only.
+    xs_bm = jnp.swapaxes(xs, 0, 1)
+    lengths = jnp.array([5, 2, 0])
+    carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry(params, (B,)))
+    kw = dict(carry=carry, lengths=lengths, reverse=True)
+    got = LinenRNN(cell, time_axis=1).apply(variables, xs_bm, **kw)
+    _close(got, rnnlab.scan(cell, params, xs_bm, time_axis=1, **kw)[1])
+
+
+def test_linen_under_jit_and_flax_rnn(xs):
+    cell = learned_h0_cell(H)
+    rnn = LinenRNN(cell)
+    variables = rnn.init(jax.random.key(0), xs)
+    _close(jax.jit(rnn.apply)(variables, xs), rnn.apply(variables, xs))
+
+    # The per-step adapter inside flax's own nn.RNN (batch-major by default);
+    # its carry must be the learned h0, read from the params.
+    flax_rnn = nn.RNN(LinenCell(cell), return_carry=True)
+    xs_bm = jnp.swapaxes(xs, 0, 1)
+    fv = flax_rnn.init(jax.random.key(0), xs_bm)
+    params = fv["params"]["cell"]["cell"]
+    _close(flax_rnn.apply(fv, xs_bm), rnnlab.scan(cell, params, xs_bm, time_axis=1))
+
+
+def test_linen_errors(xs):
+    with pytest.raises(TypeError, match="Cell protocol"):
+        LinenRNN(object()).init(jax.random.key(0), xs)
+    with pytest.raises(ValueError, match="time axis and a feature axis"):
+        LinenRNN(rnnlab.lstm(H)).init(jax.random.key(0), xs[0, 0])
+
+
+class _LinenModel(nn.Module):
+    @nn.compact
+    def __call__(self, xs):  # [B, T, F] -> [B, T]
+        ys = LinenRNN(rnnlab.lstm(8), time_axis=1)(xs)
+        return nn.Dense(1)(ys)[..., 0]
+
+
+def _task(key):
+    """A tiny regression: y_t = the running mean of x_t[0] * x_t[1]."""
+    x = jax.random.normal(key, (16, 6, 2))  # [B, T, F]
+    prod = x[..., 0] * x[..., 1]
+    return x, jnp.cumsum(prod, axis=1) / jnp.arange(1, 7)[None]
+
+
+def _train(loss_fn, params, steps=40):
+    tx = optax.adam(3e-2)
+
+    @jax.jit
+    def update(params, opt_state):
+        loss, g = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state, losses = tx.init(params), []
+    for _ in range(steps):
+        params, opt_state, loss = update(params, opt_state)
+        losses.append(float(loss))
+    return losses
+
+
+def test_linen_model_trains():
+    k_params, k_data = jax.random.split(jax.random.key(0))
+    x, y = _task(k_data)
+    model = _LinenModel()
+    variables = jax.jit(model.init)(k_params, x)
+    losses = _train(lambda v: jnp.mean((model.apply(v, x) - y) ** 2), variables)
+    assert losses[-1] < 0.2 * losses[0], losses
+
+
+# ------------------------------------------------------------------------------- nnx
+
+
+@pytest.mark.parametrize("cell", [rnnlab.gru(H), learned_h0_cell(H)], ids=["gru", "user"])
+def test_nnx_rnn_equals_scan(cell, xs):
+    rnn = NNXRNN(cell, F, rngs=nnx.Rngs(0), return_carry=True)
+    params = rnn.param_values()
+    # Only the params are state: the cell and the options are static.
+    assert len(jax.tree.leaves(nnx.state(rnn))) == len(jax.tree.leaves(params))
+    _close(rnn(xs), rnnlab.scan(cell, params, xs))
+    _close(rnn.initial_carry((B,)), cell.initial_carry(params, (B,)))
+
+    lengths = jnp.array([5, 2, 0])
+    kw = dict(lengths=lengths, reverse=True)
+    _close(rnn(xs, return_carry=False, **kw), rnnlab.scan(cell, params, xs, **kw)[1])
+
+
+def test_nnx_under_jit_and_given_params(xs):
+    cell = rnnlab.lstm(H)
+    params = cell.init(jax.random.key(3), F)
+    rnn = NNXRNN(cell, F, rngs=None, params=params, time_axis=1)
+    xs_bm = jnp.swapaxes(xs, 0, 1)
+    expected = rnnlab.scan(cell, params, xs_bm, time_axis=1)[1]
+    _close(nnx.jit(lambda m, x: m(x))(rnn, xs_bm), expected)
+    _close(rnn.param_values(), params)
+    with pytest.raises(ValueError, match="rngs"):
+        NNXRNN(cell, F, rngs=None)
+
+
+class _NNXModel(nnx.Module):
+    def __init__(self, rngs):
+        self.rnn = NNXRNN(learned_h0_cell(8), 2, rngs=rngs, time_axis=1)
+        self.readout = nnx.Linear(8, 1, rngs=rngs)
+
+    def __call__(self, xs):  # [B, T, F] -> [B, T]
+        return self.readout(self.rnn(xs))[..., 0]
+
+
+def test_nnx_model_trains():
+    k_data = jax.random.key(1)
+    x, y = _task(k_data)
+    model = _NNXModel(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(3e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def update(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(update(model, optimizer)) for _ in range(40)]
+    assert losses[-1] < 0.2 * losses[0], losses
