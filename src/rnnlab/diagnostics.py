@@ -1,0 +1,540 @@
+r"""Gradient-flow diagnostics: how much signal reaches the state from ``k`` steps away.
+
+Three views of the same object, the product of step Jacobians
+:math:`J_t = \partial c_t / \partial c_{t-1}`:
+
+* :func:`carry_grad_norms`: :math:`\lVert \partial L / \partial c_t \rVert` for every
+  step ``t``, for a loss of your choosing (what backpropagation through time
+  actually delivers), in one backward pass.
+* :func:`jacobian_norms`: :math:`\lVert J_{T-1} \cdots J_{t+1} \rVert_2` for every ``t``
+  (the worst case over all losses), with optional singular-value spectra.
+* :func:`lyapunov_exponents`: the asymptotic growth rates of those products,
+  :math:`\lambda_i = \lim \frac1T \log \sigma_i(J_{T-1} \cdots J_0)`.
+
+:func:`fit_decay_rate` turns norms measured at several distances into a
+per-step decay factor (``< 1``: vanishing, ``> 1``: exploding).
+
+All functions take any object following the :class:`rnnlab.Cell` protocol and
+work under ``jax.jit`` and ``jax.vmap`` (bind the cell and the loss first, e.g.
+``jax.jit(functools.partial(carry_grad_norms, cell, loss_fn=loss))``).
+
+The state is every floating leaf of the carry; a complex leaf counts as its
+real and imaginary parts (so norms use :math:`|z|^2` and Jacobians are those
+of the real map :math:`\mathbb{R}^{2n} \to \mathbb{R}^{2n}`, which is right
+whether or not the step is holomorphic). Integer leaves (e.g. a step counter)
+are carried along but not differentiated.
+
+References:
+  Bengio, Simard & Frasconi, "Learning long-term dependencies with gradient
+  descent is difficult", IEEE Transactions on Neural Networks 1994.
+  Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural
+  networks", ICML 2013.
+  Vogt, Puelma Touzel, Shlizerman & Lajoie, "On Lyapunov exponents for RNNs:
+  understanding information propagation using dynamical systems tools",
+  Frontiers in Applied Mathematics and Statistics 2022.
+  Engelken, Wolf & Abbott, "Lyapunov spectra of chaotic recurrent neural
+  networks", Physical Review Research 2023.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from rnnlab.cell import Array, Carry, Cell, Params, check_cell, check_float_input
+from rnnlab.scan import scan
+
+__all__ = ["carry_grad_norms", "fit_decay_rate", "jacobian_norms", "lyapunov_exponents"]
+
+
+# ----------------------------------------------------------------------------
+# Gradient norms through the carry: one backward pass.
+# ----------------------------------------------------------------------------
+
+
+def carry_grad_norms(
+    cell: Any,
+    params: Params,
+    xs: Array,
+    loss_fn: Callable[[Any, Carry], Array],
+    *,
+    carry: Carry | None = None,
+    lengths: Array | None = None,
+    per_leaf: bool = False,
+) -> Any:
+    r"""Norm of the gradient of a loss with respect to the carry at every step.
+
+    With :math:`(c_t, y_t) = \mathrm{step}(\theta, c_{t-1}, x_t)` and a scalar
+    :math:`L = \ell(y_{0:T}, c_{T-1})`, returns for every ``t`` and sequence
+
+    .. math::
+        g_t = \Big\lVert \frac{\partial L}{\partial c_t} \Big\rVert_2
+            = \Big\lVert \frac{\partial L}{\partial c_{T-1}} J_{T-1} \cdots J_{t+1}
+              + \sum_{s > t} \frac{\partial L}{\partial y_s}
+                \frac{\partial y_s}{\partial c_t} \Big\rVert_2,
+
+    the total gradient flowing back into the state after step ``t`` (Bengio et
+    al. 1994; Pascanu et al. 2013). All ``T`` gradients come from ONE backward
+    pass: a zero perturbation :math:`\epsilon_t` is added to the carry after
+    every step, :math:`c_t \leftarrow \mathrm{step}(\theta, c_{t-1}, x_t) +
+    \epsilon_t`, and :math:`\partial L / \partial c_t = \partial L / \partial
+    \epsilon_t` at :math:`\epsilon = 0`.
+
+    ``y_t`` is computed by the same step as ``c_t`` (from :math:`c_{t-1}` and
+    :math:`x_t`), so it is not a function of :math:`c_t`: a loss on ``y_t``
+    reaches :math:`c_t` only through later steps. For cells whose output is
+    the state (``y_t = h_t``), a loss on ``ys[-1]`` therefore gives
+    :math:`g_{T-1} = 0`; put the loss on ``final_carry`` to include that step.
+
+    Args:
+      cell: any object following the :class:`rnnlab.Cell` protocol.
+      params: the cell's parameters.
+      xs: inputs ``[T, *batch, F]`` (time-major, as :func:`rnnlab.scan`).
+      loss_fn: ``loss_fn(ys, final_carry) -> scalar``, with ``ys`` ``[T, *batch,
+        H]`` and ``final_carry`` as returned by :func:`rnnlab.scan`. Sum (or
+        average) over the batch yourself; each sequence's gradient is reported
+        separately.
+      carry: the initial carry; ``cell.initial_carry(params, batch_shape)`` if None.
+      lengths: optional ``[*batch]`` valid lengths, with :func:`rnnlab.scan`'s
+        semantics (padded steps leave the carry unchanged and output zeros).
+        There is no state at a padded step, so its norm is 0.
+      per_leaf: return one norm per carry leaf instead of their combination.
+
+    Returns:
+      ``[T, *batch]`` norms, reduced over each leaf's feature axes (every axis
+      after the batch axes) and over the leaves:
+      :math:`g_t = (\sum_{\text{leaves}} \sum_i |\partial L / \partial c_{t,i}|^2)^{1/2}`.
+      With ``per_leaf=True``, a pytree shaped like the carry whose leaves are
+      ``[T, *batch]`` norms (e.g. ``LSTMCarry(c=..., h=...)``); integer leaves
+      get zeros.
+
+    Raises:
+      TypeError: ``cell`` lacks the protocol, ``xs`` is not real floating, or
+        ``loss_fn`` is not callable.
+      ValueError: ``xs`` has no time and feature axes, the carry's leaves do not
+        start with the batch shape, or ``loss_fn`` does not return a real scalar.
+
+    References:
+      Bengio, Simard & Frasconi, IEEE Trans. Neural Networks 1994.
+      Pascanu, Mikolov & Bengio, ICML 2013.
+    """
+    check_cell(cell)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (ys, final_carry) -> scalar; got {loss_fn!r}.")
+    xs = _check_xs(xs, min_ndim=2, what="[T, F] or [T, *batch, F]")
+    num_steps, batch_shape, num_features = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
+    carry = _initial_or_checked(cell, params, carry, batch_shape)
+
+    leaves, treedef = jax.tree.flatten(carry)
+    layout = _batched_layout(leaves, batch_shape)
+    offsets = [0]
+    for leaf_layout in layout:
+        offsets.append(offsets[-1] + leaf_layout.size)
+    # Perturbations ride along as extra input features, so that rnnlab.scan (and
+    # its masking of padded steps) runs the model unchanged.
+    eps_dtype = jnp.result_type(xs.dtype, *(lay.real_dtype for lay in layout if lay.size))
+    eps = jnp.zeros((num_steps, *batch_shape, offsets[-1]), eps_dtype)
+
+    def perturbed_step(p, c, x_and_eps):
+        x = x_and_eps[..., :num_features].astype(xs.dtype)
+        e = x_and_eps[..., num_features:]
+        c, y = cell.step(p, c, x)
+        new_leaves = [
+            leaf + _unflatten_features(e[..., lo:hi], lay, leaf.shape)
+            if lay.size
+            else leaf
+            for leaf, lay, lo, hi in zip(
+                treedef.flatten_up_to(c), layout, offsets[:-1], offsets[1:], strict=True
+            )
+        ]
+        return treedef.unflatten(new_leaves), y
+
+    wrapped = Cell(cell.init, _constant(carry), perturbed_step)
+
+    def loss_of_eps(eps):
+        xs_and_eps = jnp.concatenate([xs.astype(eps_dtype), eps], axis=-1)
+        final_carry, ys = scan(wrapped, params, xs_and_eps, lengths=lengths)
+        loss = loss_fn(ys, final_carry)
+        _check_scalar_loss(loss)
+        return loss
+
+    grads = jax.grad(loss_of_eps)(eps)  # [T, *batch, D]
+    squares = jnp.square(grads)
+    if not per_leaf:
+        return jnp.sqrt(jnp.sum(squares, axis=-1))
+    return treedef.unflatten(
+        [
+            jnp.sqrt(jnp.sum(squares[..., lo:hi], axis=-1))
+            for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------
+# Products of step Jacobians along one trajectory.
+# ----------------------------------------------------------------------------
+
+
+def jacobian_norms(
+    cell: Any,
+    params: Params,
+    xs: Array,
+    *,
+    carry: Carry | None = None,
+    return_spectra: bool = False,
+) -> Array | tuple[Array, Array]:
+    r"""Spectral norm of :math:`\partial c_{T-1} / \partial c_t` for every step of one sequence.
+
+    .. math::
+        \frac{\partial c_{T-1}}{\partial c_t} = J_{T-1} J_{T-2} \cdots J_{t+1},
+        \qquad J_s = \frac{\partial\, \mathrm{step}(\theta, c_{s-1}, x_s)}{\partial c_{s-1}},
+
+    the factor that bounds every gradient reaching :math:`c_t` from the end of
+    the sequence (Bengio et al. 1994; Pascanu et al. 2013: vanishing when its
+    norm decays geometrically in ``T-1-t``, exploding when it grows). ``t = T-1``
+    gives the identity (norm 1). The carry is flattened to a real vector of
+    size ``D`` (complex leaves as real and imaginary parts).
+
+    The product is accumulated backwards, :math:`P_{t-1} = P_t J_t` from
+    :math:`P_{T-1} = I`, by ``D`` vector-Jacobian products per step (``jax.vjp``
+    of the step with respect to the flattened carry, one per row of
+    :math:`P_t`): :math:`O(T D)` memory and no ``[T, D, D]`` array. Each step's
+    singular values come from one SVD.
+
+    For a batch, ``jax.vmap`` over ``xs`` (and ``carry``).
+
+    Args:
+      cell: any object following the :class:`rnnlab.Cell` protocol.
+      params: the cell's parameters.
+      xs: one input sequence ``[T, F]`` (no batch axis).
+      carry: the initial carry (unbatched); ``cell.initial_carry(params)`` if None.
+      return_spectra: also return all singular values.
+
+    Returns:
+      ``norms [T]`` with ``norms[t]`` :math:`= \lVert \partial c_{T-1}/\partial
+      c_t \rVert_2`; with ``return_spectra``, ``(norms [T], spectra [T, D])``,
+      singular values in descending order (``spectra[:, 0] == norms``).
+
+    Raises:
+      TypeError: ``cell`` lacks the protocol or ``xs`` is not real floating.
+      ValueError: ``xs`` is not ``[T, F]`` with ``T >= 1``, or the carry has no
+        floating leaves.
+
+    References:
+      Bengio, Simard & Frasconi, IEEE Trans. Neural Networks 1994.
+      Pascanu, Mikolov & Bengio, ICML 2013.
+    """
+    check_cell(cell)
+    xs = _check_xs(xs, min_ndim=2, max_ndim=2, what="[T, F] (one sequence; vmap over a batch)")
+    carry = _initial_or_checked(cell, params, carry, ())
+    vec0, _ = _state_vector(carry)
+    if vec0.size == 0:
+        raise ValueError("the carry has no floating leaves; there is no state to differentiate.")
+
+    # carries_in[t] = c_{t-1}, the carry that step t reads.
+    _, carries_in = scan(_recording(cell, carry), params, xs)
+
+    def back(P, c_prev_and_x):  # P = dc_{T-1}/dc_t  ->  dc_{T-1}/dc_{t-1}
+        c_prev, x = c_prev_and_x
+        v, rebuild = _state_vector(c_prev)
+
+        def step_map(u):
+            return _state_vector(cell.step(params, rebuild(u), x)[0])[0]
+
+        _, vjp = jax.vjp(step_map, v)
+        P_prev = jax.vmap(lambda row: vjp(row)[0])(P)
+        return P_prev, jnp.linalg.svd(P, compute_uv=False)
+
+    # A backward pass over the stored trajectory, not a run of the cell, so a
+    # plain lax.scan; steps t = T-1 .. 1, then P_0 on its own (J_0 is not needed).
+    eye = jnp.eye(vec0.size, dtype=vec0.dtype)
+    rest = jax.tree.map(lambda a: a[1:], (carries_in, xs))
+    P0, spectra_rest = jax.lax.scan(back, eye, rest, reverse=True)
+    spectra = jnp.concatenate([jnp.linalg.svd(P0, compute_uv=False)[None], spectra_rest])
+    norms = spectra[:, 0]
+    return (norms, spectra) if return_spectra else norms
+
+
+def lyapunov_exponents(
+    cell: Any,
+    params: Params,
+    xs: Array,
+    k: int,
+    *,
+    carry: Carry | None = None,
+    transient: int = 0,
+) -> Array:
+    r"""The ``k`` largest Lyapunov exponents of the state dynamics driven by ``xs``.
+
+    Standard QR (Benettin / Gram-Schmidt) algorithm: with :math:`Q_{-1} = I_{D
+    \times k}` and :math:`J_t` the step Jacobian along the trajectory,
+
+    .. math::
+        Q_t R_t = J_t Q_{t-1} \quad (\text{reduced QR}), \qquad
+        \lambda_i = \frac{1}{T - T_0} \sum_{t = T_0}^{T-1} \log |(R_t)_{ii}|,
+
+    sorted descending (per step, in nats). :math:`\lambda_1 < 0` means
+    perturbations of the state (and so gradients) shrink on average by
+    :math:`e^{\lambda_1}` per step along this input; :math:`\sum_{i \le D}
+    \lambda_i` is the mean :math:`\log |\det J_t|`. ``J_t Q`` is formed by ``k``
+    Jacobian-vector products, never the full Jacobian. Use a long ``xs`` and a
+    ``transient`` so that ``Q`` aligns with the leading directions first.
+
+    Args:
+      cell: any object following the :class:`rnnlab.Cell` protocol.
+      params: the cell's parameters.
+      xs: one input sequence ``[T, F]`` (no batch axis; vmap over a batch).
+      k: how many exponents, ``1 <= k <= D`` (``D`` the size of the real
+        flattened state).
+      carry: the initial carry (unbatched); ``cell.initial_carry(params)`` if None.
+      transient: :math:`T_0`, leading steps that evolve the state and ``Q`` but
+        are left out of the average.
+
+    Returns:
+      ``[k]`` exponents, largest first.
+
+    Raises:
+      TypeError: ``cell`` lacks the protocol, ``xs`` is not real floating, or
+        ``k``/``transient`` are not ints.
+      ValueError: ``xs`` is not ``[T, F]``, ``k`` is outside ``[1, D]``, or
+        ``transient`` outside ``[0, T-1]``.
+
+    References:
+      Benettin, Galgani, Giorgilli & Strelcyn, "Lyapunov characteristic
+      exponents for smooth dynamical systems...", Meccanica 1980.
+      Vogt et al., "On Lyapunov exponents for RNNs", Front. Appl. Math. Stat. 2022.
+      Engelken, Wolf & Abbott, "Lyapunov spectra of chaotic recurrent neural
+      networks", Phys. Rev. Research 2023.
+    """
+    check_cell(cell)
+    xs = _check_xs(xs, min_ndim=2, max_ndim=2, what="[T, F] (one sequence; vmap over a batch)")
+    num_steps = xs.shape[0]
+    carry = _initial_or_checked(cell, params, carry, ())
+    vec0, _ = _state_vector(carry)
+    dim = vec0.size
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int; received {k!r}.")
+    if not 1 <= k <= dim:
+        raise ValueError(f"k must lie in [1, D] = [1, {dim}] (D = state size); received {k}.")
+    if isinstance(transient, bool) or not isinstance(transient, int):
+        raise TypeError(f"transient must be an int; received {transient!r}.")
+    if not 0 <= transient < num_steps:
+        raise ValueError(
+            f"transient must lie in [0, T-1] = [0, {num_steps - 1}]; received {transient}."
+        )
+
+    def qr_step(p, c_and_q, x):
+        c, Q = c_and_q
+        v, rebuild = _state_vector(c)
+
+        def step_map(u):
+            return _state_vector(cell.step(p, rebuild(u), x)[0])[0]
+
+        JQ = jax.vmap(lambda q: jax.jvp(step_map, (v,), (q,))[1], in_axes=1, out_axes=1)(Q)
+        Q, R = jnp.linalg.qr(JQ)
+        new_c, _ = cell.step(p, c, x)
+        return (new_c, Q), jnp.log(jnp.abs(jnp.diagonal(R)))
+
+    tracker = Cell(cell.init, _constant((carry, jnp.eye(dim, k, dtype=vec0.dtype))), qr_step)
+    _, log_r = scan(tracker, params, xs)  # [T, k]
+    exponents = jnp.mean(log_r[transient:], axis=0)
+    return -jnp.sort(-exponents)
+
+
+# ----------------------------------------------------------------------------
+# Fitting.
+# ----------------------------------------------------------------------------
+
+
+def fit_decay_rate(norms: Array, distances: Array) -> Array:
+    r"""Per-step decay factor from a least-squares fit of log-norm against distance.
+
+    .. math::
+        \log g = a + d \log r \quad\Rightarrow\quad
+        \log r = \frac{\sum (d - \bar d)(\log g - \overline{\log g})}{\sum (d - \bar d)^2}
+
+    ``r < 1``: gradients vanish by a factor ``r`` per step; ``r > 1``: they
+    explode. Entries that are zero or not finite (padded steps, underflow) are
+    left out of the fit.
+
+    Args:
+      norms: ``[N, ...]`` gradient or Jacobian norms, e.g. :func:`carry_grad_norms`'
+        ``[T, *batch]`` (all entries are pooled into one fit; vmap for several).
+      distances: the same shape, or ``[N]`` (broadcast along the trailing axes),
+        e.g. ``T - 1 - jnp.arange(T)``.
+
+    Returns:
+      The scalar per-step factor :math:`r = e^{\text{slope}}` (nan if fewer than
+      two distinct distances have usable norms).
+    """
+    norms = jnp.asarray(norms)
+    if not jnp.issubdtype(norms.dtype, jnp.floating):
+        raise TypeError(f"norms must have a real floating dtype; received {norms.dtype}.")
+    distances = jnp.asarray(distances, norms.dtype)
+    if distances.shape != norms.shape:
+        if distances.ndim == 1 and norms.ndim >= 1 and distances.shape[0] == norms.shape[0]:
+            distances = jnp.broadcast_to(
+                distances.reshape(distances.shape + (1,) * (norms.ndim - 1)), norms.shape
+            )
+        else:
+            raise ValueError(
+                f"distances must have the shape of norms {norms.shape} or be [N] with N = "
+                f"norms.shape[0]; received shape {distances.shape}."
+            )
+    return _fit_decay_rate(norms, distances)
+
+
+@jax.jit
+def _fit_decay_rate(norms: Array, distances: Array) -> Array:
+    usable = (norms > 0) & jnp.isfinite(norms)
+    weight = usable.astype(norms.dtype)
+    log_norms = jnp.log(jnp.where(usable, norms, 1.0))
+    count = jnp.sum(weight)
+    d_mean = jnp.sum(weight * distances) / count
+    l_mean = jnp.sum(weight * log_norms) / count
+    d_centred = weight * (distances - d_mean)
+    slope = jnp.sum(d_centred * (log_norms - l_mean)) / jnp.sum(d_centred * d_centred)
+    return jnp.exp(slope)
+
+
+# ----------------------------------------------------------------------------
+# Helpers.
+# ----------------------------------------------------------------------------
+
+
+class _LeafLayout:
+    """Where one carry leaf's perturbation lives among the extra input features."""
+
+    def __init__(self, leaf: Any, batch_ndim: int):
+        dtype = jnp.result_type(leaf)
+        self.is_complex = bool(jnp.issubdtype(dtype, jnp.complexfloating))
+        differentiable = bool(jnp.issubdtype(dtype, jnp.inexact))
+        self.real_dtype = jnp.finfo(dtype).dtype if differentiable else None
+        per_part = math.prod(jnp.shape(leaf)[batch_ndim:])
+        self.size = (2 if self.is_complex else 1) * per_part if differentiable else 0
+
+
+def _batched_layout(leaves: list[Any], batch_shape: tuple[int, ...]) -> list[_LeafLayout]:
+    for leaf in leaves:
+        if tuple(jnp.shape(leaf)[: len(batch_shape)]) != tuple(batch_shape):
+            raise ValueError(
+                f"every carry leaf must start with the inputs' batch shape {tuple(batch_shape)}; "
+                f"received carry leaf shapes {[tuple(jnp.shape(x)) for x in leaves]}."
+            )
+    return [_LeafLayout(leaf, len(batch_shape)) for leaf in leaves]
+
+
+def _unflatten_features(e: Array, layout: _LeafLayout, shape: tuple[int, ...]) -> Array:
+    """``[*batch, size]`` features -> one leaf's ``[*batch, *feature]`` perturbation."""
+    e = e.astype(layout.real_dtype)
+    if layout.is_complex:
+        half = layout.size // 2
+        return jax.lax.complex(e[..., :half], e[..., half:]).reshape(shape)
+    return e.reshape(shape)
+
+
+def _state_vector(carry: Carry) -> tuple[Array, Callable[[Array], Carry]]:
+    """The carry's floating leaves as one real vector, and the map back.
+
+    Complex leaves contribute their real and imaginary parts; other leaves are
+    not part of the vector and are restored unchanged by the map back.
+    """
+    leaves, treedef = jax.tree.flatten(carry)
+    kinds = []
+    parts = []
+    for leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            kinds.append("complex")
+            parts.append((jnp.real(leaf), jnp.imag(leaf)))
+        elif jnp.issubdtype(dtype, jnp.floating):
+            kinds.append("real")
+            parts.append(leaf)
+        else:
+            kinds.append("fixed")
+    vec, unravel = ravel_pytree(parts)
+
+    def rebuild(v: Array) -> Carry:
+        new_parts = iter(unravel(v))
+        out = []
+        for leaf, kind in zip(leaves, kinds, strict=True):
+            if kind == "fixed":
+                out.append(leaf)
+            elif kind == "complex":
+                re, im = next(new_parts)
+                out.append(jax.lax.complex(re, im))
+            else:
+                out.append(next(new_parts))
+        return treedef.unflatten(out)
+
+    return vec, rebuild
+
+
+def _recording(cell: Any, carry: Carry) -> Cell:
+    """A cell that behaves like ``cell`` from ``carry`` but outputs the carry it read."""
+
+    def step(params, c, x):
+        new_c, _ = cell.step(params, c, x)
+        return new_c, c
+
+    return Cell(cell.init, _constant(carry), step)
+
+
+def _constant(carry: Carry) -> Callable[..., Carry]:
+    """An ``initial_carry`` that returns ``carry`` (already checked against the cell's).
+
+    The wrapping cells here start :func:`rnnlab.scan` from a given carry this
+    way rather than through its ``carry`` argument: the carry has been checked
+    once already, and the wrappers' own carries differ from the cell's.
+    """
+
+    def initial_carry(params, batch_shape=()):
+        del params, batch_shape
+        return carry
+
+    return initial_carry
+
+
+def _initial_or_checked(
+    cell: Any, params: Params, carry: Carry | None, batch_shape: tuple[int, ...]
+) -> Carry:
+    """``cell.initial_carry(params, batch_shape)`` if ``carry`` is None, else ``carry``
+    once its structure and shapes are checked against that."""
+    if carry is None:
+        return cell.initial_carry(params, batch_shape)
+    expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
+    exp_leaves, exp_def = jax.tree.flatten(expected)
+    got_leaves, got_def = jax.tree.flatten(carry)
+    exp_shapes = [tuple(e.shape) for e in exp_leaves]
+    got_shapes = [tuple(jnp.shape(g)) for g in got_leaves]
+    if exp_def != got_def or exp_shapes != got_shapes:
+        raise ValueError(
+            f"carry must match cell.initial_carry(params, batch_shape={batch_shape}): "
+            f"expected structure {exp_def} with shapes {exp_shapes}; received structure "
+            f"{got_def} with shapes {got_shapes}."
+        )
+    return carry
+
+
+def _check_xs(xs: Any, *, min_ndim: int, what: str, max_ndim: int | None = None) -> Array:
+    xs = jnp.asarray(xs)
+    check_float_input(xs, "xs")
+    if xs.ndim < min_ndim or (max_ndim is not None and xs.ndim > max_ndim):
+        raise ValueError(f"xs must be {what}; received shape {xs.shape}.")
+    if xs.shape[0] == 0:
+        raise ValueError(f"xs must have at least one time step; received shape {xs.shape}.")
+    return xs
+
+
+def _check_scalar_loss(loss: Any) -> None:
+    shape, dtype = jnp.shape(loss), jnp.result_type(loss)
+    if shape != () or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            "loss_fn must return a real floating scalar; it returned an array of shape "
+            f"{shape} and dtype {dtype} (reduce over the batch, e.g. with jnp.sum)."
+        )

@@ -1,0 +1,417 @@
+"""Tests for rnnlab.diagnostics: one-pass gradient norms, Jacobian products, Lyapunov exponents.
+
+Oracles: brute force (one ``jax.grad``/``jax.jacrev`` per step, through a
+Python loop independent of :func:`rnnlab.scan`) in float64, and closed forms
+(a linear recurrence with ``W = rho * orthogonal``; the IRNN with every unit
+active; a diagonal complex recurrence; the fixed point of a contracting tanh
+network; sum of all exponents = mean log|det J|).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import rnnlab
+from rnnlab import diagnostics
+
+T, B, F, H = 4, 2, 3, 4  # small: brute force costs T gradients per case
+STACK = "stack(elman-tanh, lstm)"
+CELL_NAMES = (*rnnlab.registry.names(), STACK)
+
+
+def _make_cell(name, hidden_size=H):
+    if name == STACK:
+        return rnnlab.stack(
+            [rnnlab.registry.get("elman-tanh", hidden_size), rnnlab.registry.get("lstm", H)]
+        )
+    return rnnlab.registry.get(name, hidden_size)
+
+
+def _to64(tree):
+    def cast(a):
+        a = jnp.asarray(a)
+        if jnp.issubdtype(a.dtype, jnp.complexfloating):
+            return a.astype(jnp.complex128)
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            return a.astype(jnp.float64)
+        return a
+
+    return jax.tree.map(cast, tree)
+
+
+def _setup64(name, batch_shape=(B,), seed=0):
+    """A float64 cell, params, inputs and a non-zero initial carry (so no gradient is
+    trivially zero)."""
+    k_params, k_xs, k_carry = jax.random.split(jax.random.key(seed), 3)
+    cell = _make_cell(name)
+    params = _to64(cell.init(k_params, F))
+    xs = jax.random.normal(k_xs, (T, *batch_shape, F), jnp.float64)
+    carry = cell.initial_carry(params, batch_shape)
+    leaves, treedef = jax.tree.flatten(carry)
+    keys = jax.random.split(k_carry, len(leaves))
+    carry = treedef.unflatten(
+        [
+            0.5 * jax.random.normal(k, leaf.shape, leaf.dtype)
+            for k, leaf in zip(keys, leaves, strict=True)
+        ]
+    )
+    return cell, params, xs, carry
+
+
+def _loss(ys, final_carry):
+    """Touches every output and the final carry, with unequal weights."""
+    ys = jnp.concatenate([y.reshape(-1) for y in jax.tree.leaves(ys)])
+    weights = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype))
+    final = sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree.leaves(final_carry))
+    return jnp.sum(jnp.sin(ys) * weights) + 0.3 * final
+
+
+def _expand(mask, like):
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+def _masked_step(cell, params, carry, x, valid):
+    new_carry, y = cell.step(params, carry, x)
+    if valid is None:
+        return new_carry, y
+    new_carry = jax.tree.map(lambda n, o: jnp.where(_expand(valid, n), n, o), new_carry, carry)
+    return new_carry, jnp.where(_expand(valid, y), y, jnp.zeros_like(y))
+
+
+def _brute_carry_grads(cell, params, xs, loss_fn, carry, lengths=None):
+    """``[dL/dc_t for t]``: for each t, the loss as a function of c_t alone, run on from
+    c_t by a Python loop (outputs up to t held fixed), differentiated once."""
+    num_steps = xs.shape[0]
+
+    def valid(t):
+        return None if lengths is None else t < lengths
+
+    grads, ys_before = [], []
+    c = carry
+    for t in range(num_steps):
+        c, y = _masked_step(cell, params, c, xs[t], valid(t))
+        ys_before.append(y)
+
+        def loss_from(c_t, t=t, ys_head=tuple(ys_before)):
+            ys = list(ys_head)
+            for s in range(t + 1, num_steps):
+                c_t, y = _masked_step(cell, params, c_t, xs[s], valid(s))
+                ys.append(y)
+            return loss_fn(jnp.stack(ys), c_t)
+
+        grads.append(jax.grad(loss_from)(c))
+    return grads
+
+
+def _leaf_norm(g, batch_ndim):
+    g = jnp.abs(g) ** 2
+    return jnp.sum(g.reshape(g.shape[:batch_ndim] + (-1,)), axis=-1)
+
+
+def _brute_norms(grads, batch_ndim):
+    return jnp.stack(
+        [jnp.sqrt(sum(_leaf_norm(g, batch_ndim) for g in jax.tree.leaves(gt))) for gt in grads]
+    )
+
+
+# ----------------------------------------------------------------------------
+# Brute-force oracles
+# ----------------------------------------------------------------------------
+
+
+def _brute_jacobian_norms(cell, params, xs, carry):
+    """``||d c_{T-1} / d c_t||_2`` by jax.jacrev of the composed map, one t at a time."""
+    num_steps = xs.shape[0]
+    norms, c = [], carry
+    for t in range(num_steps):
+        c, _ = cell.step(params, c, xs[t])
+        vec, unravel = ravel_pytree(c)
+
+        def to_end(v, t=t, unravel=unravel):
+            c_t = unravel(v)
+            for s in range(t + 1, num_steps):
+                c_t, _ = cell.step(params, c_t, xs[s])
+            return ravel_pytree(c_t)[0]
+
+        norms.append(jnp.linalg.norm(jax.jacrev(to_end)(vec), ord=2))
+    return jnp.stack(norms)
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_equal_brute_force(x64, name):
+    """One-pass carry_grad_norms == T separate gradients; jacobian_norms == jacrev."""
+    cell, params, xs, carry = _setup64(name)
+    carry0 = jax.tree.map(lambda leaf: leaf[0], carry)
+    real = not any(jnp.iscomplexobj(leaf) for leaf in jax.tree.leaves(carry0))
+
+    @jax.jit  # one compilation for both diagnostics
+    def diagnose(params, xs, carry, carry0):
+        got = diagnostics.carry_grad_norms(cell, params, xs, _loss, carry=carry)
+        if not real:  # the ravel_pytree oracle is for real carries (complex: test_complex_carry)
+            return got, None
+        return got, diagnostics.jacobian_norms(
+            cell, params, xs[:, 0], carry=carry0, return_spectra=True
+        )
+
+    got, jac = diagnose(params, xs, carry, carry0)
+    want = _brute_norms(_brute_carry_grads(cell, params, xs, _loss, carry), 1)
+    assert got.shape == (T, B)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert np.all(np.asarray(got)[:-1] > 0)
+
+    if not real:
+        return
+    norms, spectra = jac
+    dim = ravel_pytree(carry0)[0].size
+    assert norms.shape == (T,) and spectra.shape == (T, dim)
+    want = _brute_jacobian_norms(cell, params, xs[:, 0], carry0)
+    np.testing.assert_allclose(norms, want, rtol=1e-10)
+    np.testing.assert_allclose(spectra[-1], np.ones(dim), rtol=1e-12)
+    np.testing.assert_array_equal(spectra[:, 0], norms)
+    assert np.all(np.diff(np.asarray(spectra), axis=1) <= 0)
+
+
+def test_carry_grad_norms_with_lengths(x64):
+    cell, params, _, _ = _setup64("elman-tanh")
+    xs = jax.random.normal(jax.random.key(3), (T, 3, F), jnp.float64)
+    carry = 0.5 * jnp.ones((3, H), jnp.float64)
+    lengths = jnp.array([T, 2, 0])
+    got = diagnostics.carry_grad_norms(cell, params, xs, _loss, carry=carry, lengths=lengths)
+    want = _brute_norms(_brute_carry_grads(cell, params, xs, _loss, carry, lengths), 1)
+    valid = np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], rtol=1e-10)
+    # There is no state at a padded step: the carry passes through unchanged.
+    np.testing.assert_array_equal(np.asarray(got)[~valid], 0.0)
+
+
+def test_carry_grad_norms_per_leaf_lstm(x64):
+    cell, params, xs, carry = _setup64("lstm")
+    per_leaf = diagnostics.carry_grad_norms(cell, params, xs, _loss, carry=carry, per_leaf=True)
+    grads = _brute_carry_grads(cell, params, xs, _loss, carry)
+    assert isinstance(per_leaf, rnnlab.LSTMCarry)
+    for field in ("c", "h"):
+        want = jnp.stack([jnp.sqrt(_leaf_norm(getattr(g, field), 1)) for g in grads])
+        np.testing.assert_allclose(getattr(per_leaf, field), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        jnp.hypot(per_leaf.c, per_leaf.h), _brute_norms(grads, 1), rtol=1e-10
+    )
+
+
+def _additive_loss(ys, final_carry):
+    """A sum of identical per-sequence terms, so each sequence's gradient is its own."""
+    final = sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(final_carry))
+    return jnp.sum(jnp.sin(ys)) + 0.3 * final
+
+
+def test_vmap_over_seeds_and_jit():
+    cell = rnnlab.registry.get("elman-tanh", H)
+    params = jax.vmap(lambda s: cell.init(jax.random.key(s), F))(jnp.arange(3))
+    xs = jax.random.normal(jax.random.key(7), (T, B, F))
+    norms = jax.jit(lambda p, x: diagnostics.carry_grad_norms(cell, p, x, _additive_loss))
+
+    got = jax.jit(jax.vmap(norms, in_axes=(0, None)))(params, xs)
+    assert got.shape == (3, T, B)
+    for s in range(3):
+        np.testing.assert_allclose(got[s], norms(jax.tree.map(lambda a, s=s: a[s], params), xs))
+
+    jac = jax.jit(lambda p, x: diagnostics.jacobian_norms(cell, p, x))
+    p0 = jax.tree.map(lambda a: a[0], params)
+    batched = jax.vmap(jac, in_axes=(None, 1))(p0, xs)  # [B, T]
+    for b in range(B):
+        np.testing.assert_allclose(batched[b], jac(p0, xs[:, b]), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Closed forms
+# ----------------------------------------------------------------------------
+
+
+class LinearParams(NamedTuple):
+    W: jax.Array  # [H, H]
+    U: jax.Array  # [F, H]
+
+
+def linear_rnn(hidden_size, rho):
+    """A user's own cell: h_t = h_{t-1} W + x_t U with W = rho * orthogonal."""
+
+    def init(key, input_size):
+        k_w, k_u = jax.random.split(key)
+        W = jax.nn.initializers.orthogonal(scale=rho)(k_w, (hidden_size, hidden_size))
+        return LinearParams(W=W, U=jax.random.normal(k_u, (input_size, hidden_size)))
+
+    def initial_carry(params, batch_shape=()):
+        return jnp.zeros((*batch_shape, hidden_size), params.W.dtype)
+
+    def step(params, h, x):
+        h = h @ params.W + x @ params.U
+        return h, h
+
+    return rnnlab.Cell(init, initial_carry, step)
+
+
+def test_linear_recurrence_closed_form():
+    rho, num_steps = 0.8, 12
+    cell = linear_rnn(6, rho)
+    params = cell.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (num_steps, 1, F))
+    decay = rho ** (num_steps - 1 - np.arange(num_steps))  # [T]
+
+    norms = diagnostics.jacobian_norms(cell, params, xs[:, 0])
+    np.testing.assert_allclose(norms, decay, rtol=1e-5)
+
+    # L = <v, h_{T-1}>: dL/dh_t = v W^{T-1-t}, of norm rho^(T-1-t) |v| = rho^(T-1-t).
+    # (One sequence without a batch axis, default initial carry.)
+    v = jnp.ones(6) / jnp.sqrt(6.0)
+    grad_norms = diagnostics.carry_grad_norms(cell, params, xs[:, 0], lambda ys, h: v @ h)
+    np.testing.assert_allclose(grad_norms, decay, rtol=1e-5)
+    np.testing.assert_allclose(
+        diagnostics.fit_decay_rate(grad_norms, num_steps - 1 - jnp.arange(num_steps)),
+        rho,
+        rtol=1e-5,
+    )
+
+    # Every singular value of W is rho, so every exponent is ln rho.
+    exponents = diagnostics.lyapunov_exponents(cell, params, xs[:, 0], 3)
+    np.testing.assert_allclose(exponents, np.full(3, np.log(rho)), rtol=1e-5)
+
+
+def test_irnn_all_units_active_has_unit_jacobian():
+    cell = rnnlab.irnn(6)
+    params = cell.init(jax.random.key(0), F)
+    params = params._replace(b=jnp.ones_like(params.b))  # pre-activations > 0: ReLU never clips
+    xs = jax.random.uniform(jax.random.key(1), (10, F))
+    norms, spectra = diagnostics.jacobian_norms(cell, params, xs, return_spectra=True)
+    np.testing.assert_allclose(spectra, np.ones((10, 6)), rtol=1e-6)
+    np.testing.assert_allclose(diagnostics.lyapunov_exponents(cell, params, xs, 6), 0.0, atol=1e-6)
+
+
+def diagonal_complex_rnn(lam):
+    """A user's own cell with a complex state (LRU-like): h_t = lam * h_{t-1} + x_t B."""
+
+    def init(key, input_size):
+        k_re, k_im = jax.random.split(key)
+        shape = (input_size, lam.shape[0])
+        re, im = jax.random.normal(k_re, shape), jax.random.normal(k_im, shape)
+        return {"B": jax.lax.complex(re, im)}
+
+    def initial_carry(params, batch_shape=()):
+        return jnp.zeros((*batch_shape, lam.shape[0]), jnp.complex64)
+
+    def step(params, h, x):
+        h = lam.reshape((1,) * (h.ndim - 1) + lam.shape) * h + x.astype(h.dtype) @ params["B"]
+        return h, jnp.real(h)
+
+    return rnnlab.Cell(init, initial_carry, step)
+
+
+def test_complex_carry():
+    moduli = jnp.array([0.9, 0.7, 0.5])
+    lam = moduli * jnp.exp(1j * jnp.array([0.3, -1.2, 2.0]))
+    cell = diagonal_complex_rnn(lam.astype(jnp.complex64))
+    params = cell.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (8, B, F))
+    decay = 0.9 ** (7 - np.arange(8))
+
+    # As a real map each complex unit is a rotation scaled by |lam|.
+    norms, spectra = diagnostics.jacobian_norms(cell, params, xs[:, 0], return_spectra=True)
+    assert spectra.shape == (8, 6)
+    np.testing.assert_allclose(norms, decay, rtol=1e-5)
+    exponents = diagnostics.lyapunov_exponents(cell, params, xs[:, 0], 6)
+    np.testing.assert_allclose(exponents, np.repeat(np.log([0.9, 0.7, 0.5]), 2), rtol=1e-5)
+
+    # |dL/dh_t|^2 sums |.|^2 over real and imaginary parts: L = |h_{T-1,0}|^2 / 2 gives
+    # |dL/dh_t| = |lam_0|^(T-1-t) |h_{T-1,0}|, and the brute force with jax.grad agrees.
+    def loss(ys, h):
+        return 0.5 * jnp.sum(jnp.abs(h[..., 0]) ** 2)
+
+    got = diagnostics.carry_grad_norms(cell, params, xs, loss)
+    h_end = jnp.abs(rnnlab.scan(cell, params, xs)[0][:, 0])  # [B]
+    np.testing.assert_allclose(got, decay[:, None] * h_end[None, :], rtol=1e-5)
+
+
+def test_lyapunov_contracting_tanh_network():
+    """h_{t+1} = tanh(J h_t), J ~ N(0, g^2/N): h -> 0, the Jacobian -> J, and the
+    largest exponent -> ln(spectral radius of J) ~ ln g."""
+    g, n, num_steps = 0.5, 32, 300
+    cell = rnnlab.elman(n, recurrent_init=rnnlab.initializers.spectral_normal(g))
+    params = cell.init(jax.random.key(0), 1)
+    xs = jnp.zeros((num_steps, 1))
+    carry = jax.random.normal(jax.random.key(1), (n,))
+    exponents = jax.jit(
+        lambda p, c: diagnostics.lyapunov_exponents(cell, p, xs, 2, carry=c, transient=50)
+    )(params, carry)
+    moduli = np.sort(np.abs(np.linalg.eigvals(np.asarray(params.W_h, np.float64))))[::-1]
+    # At the fixed point the exponents are ln|eigenvalues of J|, the largest ln(radius).
+    np.testing.assert_allclose(exponents, np.log(moduli[:2]), atol=0.02)
+    np.testing.assert_allclose(exponents[0], np.log(g), atol=0.15)  # circular law, N = 32
+
+
+def test_lyapunov_sum_is_mean_log_det(x64):
+    """Sum of the full spectrum = mean over the trajectory of log|det J_t|, exactly."""
+    cell, params, xs, carry = _setup64("gru", batch_shape=())
+    xs = jnp.concatenate([xs, xs[::-1]])  # T = 10
+    exponents = diagnostics.lyapunov_exponents(cell, params, xs, H, carry=carry)
+    log_dets, c = [], carry
+    for x in xs:
+        jac = jax.jacfwd(lambda h, x=x: cell.step(params, h, x)[0])(c)
+        log_dets.append(np.linalg.slogdet(np.asarray(jac))[1])
+        c, _ = cell.step(params, c, x)
+    np.testing.assert_allclose(jnp.sum(exponents), np.mean(log_dets), rtol=1e-10)
+    assert np.all(np.diff(np.asarray(exponents)) <= 0)
+
+
+# ----------------------------------------------------------------------------
+# fit_decay_rate
+# ----------------------------------------------------------------------------
+
+
+def test_fit_decay_rate_recovers_factor_and_skips_zeros():
+    d = jnp.arange(10.0)
+    norms = jnp.stack([3.0 * 0.7**d, 0.7**d], axis=1)  # [10, 2]
+    np.testing.assert_allclose(diagnostics.fit_decay_rate(norms[:, 0], d), 0.7, rtol=1e-5)
+    # Pooled over sequences ([T, B] norms, [T] distances); a zero (padded step) is skipped.
+    pooled = jnp.stack([0.7**d, 0.7**d], axis=1).at[0, 1].set(0.0)
+    np.testing.assert_allclose(diagnostics.fit_decay_rate(pooled, d), 0.7, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------
+
+
+def test_errors():
+    cell = rnnlab.registry.get("elman-tanh", H)
+    params = cell.init(jax.random.key(0), F)
+    xs = jnp.ones((T, B, F))
+    with pytest.raises(ValueError, match="xs must be"):
+        diagnostics.carry_grad_norms(cell, params, jnp.ones((F,)), _loss)
+    with pytest.raises(TypeError, match="real floating"):
+        diagnostics.carry_grad_norms(cell, params, jnp.ones((T, B, F), jnp.int32), _loss)
+    with pytest.raises(ValueError, match="scalar"):
+        diagnostics.carry_grad_norms(cell, params, xs, lambda ys, c: ys)
+    with pytest.raises(TypeError, match="loss_fn"):
+        diagnostics.carry_grad_norms(cell, params, xs, None)
+    with pytest.raises(ValueError, match="carry must match"):
+        diagnostics.carry_grad_norms(cell, params, xs, _loss, carry=jnp.zeros((B + 1, H)))
+    with pytest.raises(ValueError, match=r"\[T, F\]"):
+        diagnostics.jacobian_norms(cell, params, xs)
+    with pytest.raises(ValueError, match=r"\[T, F\]"):
+        diagnostics.lyapunov_exponents(cell, params, xs, 1)
+    for k in (0, H + 1):
+        with pytest.raises(ValueError, match="k must lie"):
+            diagnostics.lyapunov_exponents(cell, params, xs[:, 0], k)
+    with pytest.raises(TypeError, match="k must be an int"):
+        diagnostics.lyapunov_exponents(cell, params, xs[:, 0], 1.0)
+    with pytest.raises(ValueError, match="transient"):
+        diagnostics.lyapunov_exponents(cell, params, xs[:, 0], 1, transient=T)
+    with pytest.raises(ValueError, match="distances"):
+        diagnostics.fit_decay_rate(jnp.ones((T, B)), jnp.ones((B,)))
+    with pytest.raises(TypeError, match="protocol"):
+        diagnostics.jacobian_norms(object(), params, xs[:, 0])
