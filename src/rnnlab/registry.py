@@ -16,14 +16,21 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
+
 from rnnlab.cell import Cell
-from rnnlab.cells import elman, gru, irnn, lstm
+from rnnlab.cells import elman, gru, irnn, lru, lstm, mingru, minlstm, orthogonal
+from rnnlab.cells.lru import eigenvalues as _lru_eigenvalues
 
 
 class Entry(NamedTuple):
     factory: Callable[..., Cell]  # factory(hidden_size, **overrides) -> Cell
     description: str
     tags: frozenset[str]  # e.g. {"classic"}, {"modern", "parallel"}
+    # decay_bound(params) -> r: a closed-form per-step bound on the state
+    # Jacobian's norm, ||dc_{t+k}/dc_t|| <= r**k, drawn as the theory line in the
+    # gradient-norm plots; None where no closed form exists.
+    decay_bound: Callable[[Any], Any] | None = None
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -35,6 +42,7 @@ def register(
     *,
     description: str = "",
     tags: tuple[str, ...] = (),
+    decay_bound: Callable[[Any], Any] | None = None,
     overwrite: bool = False,
 ) -> None:
     """Adds a cell factory under ``name``.
@@ -44,6 +52,9 @@ def register(
       factory: ``factory(hidden_size, **options) -> Cell``.
       description: one line shown in experiment tables and ``--help``.
       tags: free-form labels experiments may filter on.
+      decay_bound: optional ``decay_bound(params) -> r`` with
+        ``||dc_{t+k}/dc_t||_2 <= r**k`` in closed form (e.g. the spectral norm
+        of ``W_h`` for an Elman RNN, since ``|phi'| <= 1``).
       overwrite: replace an existing entry instead of raising.
     """
     if not isinstance(name, str) or not name:
@@ -52,7 +63,9 @@ def register(
         raise TypeError(f"factory must be callable; received {factory!r}.")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"a cell named {name!r} is already registered; pass overwrite=True.")
-    _REGISTRY[name] = Entry(factory, description, frozenset(tags))
+    if decay_bound is not None and not callable(decay_bound):
+        raise TypeError(f"decay_bound must be callable or None; received {decay_bound!r}.")
+    _REGISTRY[name] = Entry(factory, description, frozenset(tags), decay_bound)
 
 
 def get(name: str, hidden_size: int, **options: Any) -> Cell:
@@ -71,19 +84,33 @@ def names(tag: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, e in _REGISTRY.items() if tag is None or tag in e.tags)
 
 
+def _spectral_norm_of_W_h(params) -> Any:
+    # ||dh_t/dh_{t-1}|| = ||diag(phi') W_h^T|| <= ||W_h||_2 because |phi'| <= 1
+    # for tanh and ReLU; equality for ReLU units that are all active.
+    return jnp.linalg.norm(params.W_h, ord=2)
+
+
 register(
     "elman-tanh",
     functools.partial(elman, nonlinearity="tanh"),
     description="Elman RNN, tanh, orthogonal W_h",
     tags=("classic",),
+    decay_bound=_spectral_norm_of_W_h,
 )
 register(
     "elman-relu",
     functools.partial(elman, nonlinearity="relu"),
     description="Elman RNN, ReLU, orthogonal W_h",
     tags=("classic",),
+    decay_bound=_spectral_norm_of_W_h,
 )
-register("irnn", irnn, description="ReLU RNN, W_h = I (Le et al. 2015)", tags=("classic",))
+register(
+    "irnn",
+    irnn,
+    description="ReLU RNN, W_h = I (Le et al. 2015)",
+    tags=("classic",),
+    decay_bound=_spectral_norm_of_W_h,
+)
 register(
     "lstm-fb0",
     functools.partial(lstm, forget_bias=0.0),
@@ -94,3 +121,41 @@ register(
     "lstm", lstm, description="LSTM, forget bias 1 (Jozefowicz et al. 2015)", tags=("classic",)
 )
 register("gru", gru, description="GRU, reset after matmul (cuDNN form)", tags=("classic",))
+
+
+def _lru_spectral_radius(params) -> Any:
+    # dh_{t+k}/dh_t = diag(lambda**k): the bound is attained, max|lambda|**k.
+    return jnp.max(jnp.abs(_lru_eigenvalues(params)))
+
+
+def _one(params) -> Any:
+    # ||W||_2 = 1 and |phi'| <= 1 (modReLU, tanh, identity), so ||dh_t/dh_{t-1}|| <= 1.
+    return jnp.ones((), params.b.dtype)
+
+
+register(
+    "lru",
+    lru,
+    description="Linear recurrent unit, complex diagonal (Orvieto et al. 2023)",
+    tags=("modern", "parallel"),
+    decay_bound=_lru_spectral_radius,
+)
+register(
+    "mingru",
+    mingru,
+    description="minGRU, input-only gates (Feng et al. 2024)",
+    tags=("modern", "parallel"),
+)
+register(
+    "minlstm",
+    minlstm,
+    description="minLSTM, input-only normalised gates (Feng et al. 2024)",
+    tags=("modern", "parallel"),
+)
+register(
+    "orthogonal",
+    orthogonal,
+    description="expRNN, W = expm(A - A^T), modReLU (Lezcano-Casado et al. 2019)",
+    tags=("modern",),
+    decay_bound=_one,
+)

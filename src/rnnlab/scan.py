@@ -1,18 +1,109 @@
-"""Running a cell over a sequence: one ``jax.lax.scan`` over time.
+r"""Running a cell over a sequence: one ``jax.lax.scan`` over time, or a parallel scan.
 
 :func:`scan` is the only place that loops over time; everything else in rnnlab
 (stacks, bidirectional layers, diagnostics, training, the Flax wrappers) calls it.
+
+Cells whose carry obeys a diagonal *linear* recurrence in the carry,
+:math:`h_t = a_t \odot h_{t-1} + b_t` with :math:`a_t, b_t` functions of
+:math:`x_t` only (the LRU, minGRU, minLSTM), may also expose those coefficients
+(the :class:`LinearCell` protocol); :func:`scan` then offers ``mode="parallel"``,
+which evaluates all T states with ``jax.lax.associative_scan`` in
+:math:`O(\log T)` sequential depth instead of T.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnlab.cell import Array, Carry, Params, check_cell, check_choice, check_float_input
+from rnnlab.cell import (
+    Array,
+    Carry,
+    Params,
+    PRNGKey,
+    check_cell,
+    check_choice,
+    check_float_input,
+)
+
+MODES = ("sequential", "parallel", "auto")
+
+
+class LinearCell(NamedTuple):
+    r"""A cell whose carry follows a diagonal linear recurrence: the parallel-scan protocol.
+
+    .. math::
+        h_t = a_t \odot h_{t-1} + b_t, \qquad (a_t, b_t) = \mathrm{coefficients}(\theta, x_t),
+        \qquad y_t = \mathrm{readout}(\theta, h_t, x_t)
+
+    The first three fields are the :class:`rnnlab.Cell` protocol, so a
+    ``LinearCell`` works everywhere a cell does (``step`` is the sequential
+    form). The two extra fields let :func:`scan` with ``mode="parallel"``
+    compute every step at once. Like the cell protocol this is duck-typed:
+    :func:`scan` looks for callable ``coefficients`` and ``readout`` attributes
+    (:func:`has_parallel_form`), not for this class. :func:`linear_cell` builds
+    one from ``coefficients`` and ``readout`` alone, deriving ``step`` so that
+    the two forms agree by construction.
+
+    The carry must be a single array ``h [*batch, N]`` (real or complex).
+
+    Attributes:
+      init: as :class:`rnnlab.Cell`.
+      initial_carry: as :class:`rnnlab.Cell`; returns ``h [*batch, N]``.
+      step: as :class:`rnnlab.Cell`; must equal
+        ``h = a * h_prev + b; y = readout(params, h, x)``.
+      coefficients: ``coefficients(params, xs) -> (a, b)``, elementwise over
+        the leading axes: ``xs [*lead, F]`` gives ``b [*lead, N]`` and ``a``
+        of a shape broadcastable to ``b``'s (e.g. ``[N]`` for a time-invariant
+        :math:`\lambda`). :func:`scan` calls it once with
+        ``xs [T, *batch, F]``, so ``a_t, b_t`` may depend on ``x_t`` but never
+        on the carry.
+      readout: ``readout(params, hs, xs) -> ys``, elementwise over the leading
+        axes: the outputs from the states after each step ``hs [*lead, N]``
+        and the inputs ``xs [*lead, F]``.
+    """
+
+    init: Callable[[PRNGKey, int], Params]
+    initial_carry: Callable[..., Array]
+    step: Callable[[Params, Array, Array], tuple[Array, Array]]
+    coefficients: Callable[[Params, Array], tuple[Array, Array]]
+    readout: Callable[[Params, Array, Array], Any]
+
+
+def linear_cell(
+    init: Callable[[PRNGKey, int], Params],
+    initial_carry: Callable[..., Array],
+    coefficients: Callable[[Params, Array], tuple[Array, Array]],
+    readout: Callable[[Params, Array, Array], Any],
+) -> LinearCell:
+    """Builds a :class:`LinearCell`, deriving its ``step`` from ``coefficients`` and ``readout``.
+
+    Args:
+      init, initial_carry, coefficients, readout: as the fields of :class:`LinearCell`.
+
+    Returns:
+      ``LinearCell(init, initial_carry, step, coefficients, readout)`` with
+      ``step(params, h, x) = (h', readout(params, h', x))``,
+      ``h' = a * h + b``, ``(a, b) = coefficients(params, x)``.
+    """
+
+    def step(params: Params, h: Array, x: Array) -> tuple[Array, Any]:
+        a, b = coefficients(params, x)
+        h = jnp.broadcast_to(a, b.shape) * h + b
+        return h, readout(params, h, x)
+
+    return LinearCell(init, initial_carry, step, coefficients, readout)
+
+
+def has_parallel_form(cell: Any) -> bool:
+    """Whether ``cell`` has the :class:`LinearCell` attributes ``coefficients`` and ``readout``."""
+    return callable(getattr(cell, "coefficients", None)) and callable(
+        getattr(cell, "readout", None)
+    )
 
 
 def scan(
@@ -25,10 +116,34 @@ def scan(
     reverse: bool = False,
     time_axis: int = 0,
     unroll: int | bool = 1,
+    mode: str = "sequential",
 ) -> tuple[Carry, Any]:
-    r"""Runs ``cell`` over the time axis of ``xs`` with one ``jax.lax.scan``.
+    r"""Runs ``cell`` over the time axis of ``xs`` with one ``jax.lax.scan`` (or a parallel scan).
 
     .. math:: (c_t, y_t) = \mathrm{step}(\theta, c_{t-1}, x_t), \quad t = 0 \dots T-1
+
+    With ``mode="parallel"`` a :class:`LinearCell` is evaluated as
+    :math:`h_t = a_t \odot h_{t-1} + b_t` by ``jax.lax.associative_scan`` over
+    the pairs :math:`(a_t, b_t)` with the associative operator
+    :math:`(a, b) \bullet (a', b') = (a' a,\ a' b + b')` (:math:`(a, b)` the
+    earlier step), :math:`h_{-1}` folded into the first step's :math:`b`. This
+    runs in linear space: it never divides by a cumulative product
+    :math:`\prod_{s \le t} a_s`, so that product underflowing to zero over a
+    long sequence is harmless (it is the exact forgetting of :math:`h_{-1}`);
+    the log-space formulation of Feng et al. (2024) guards against exactly that
+    division in its ``cumsum``/``logcumsumexp`` closed form, and is not needed
+    here. The parallel form does :math:`O(T)` work (about twice the
+    sequential's) in :math:`O(\log T)` depth and keeps every
+    :math:`(a_t, b_t)` in memory (see ``benchmarks/parallel_scan.py``). Padded steps
+    (``lengths``) get :math:`a_t = 1, b_t = 0`, so the carry passes through
+    them unchanged, exactly as in the sequential path.
+
+    A cell may have an optional ``prepare(params) -> params'`` attribute for
+    work that depends only on the params (e.g. the matrix exponential of
+    :func:`rnnlab.orthogonal`): the sequential path then runs
+    ``step(prepare(params), ...)``, so that work (and its derivative) happens
+    once per call rather than once per step. ``step`` must accept both forms
+    and give the same results.
 
     Args:
       cell: any object with ``init``, ``initial_carry`` and ``step`` (a
@@ -49,7 +164,17 @@ def scan(
         own last valid step and the padding stays padding.
       time_axis: the axis of ``xs`` (and of the outputs) that is time; 1 for
         batch-major ``[B, T, F]`` data. The feature axis is always last.
-      unroll: passed to ``jax.lax.scan``.
+      unroll: passed to ``jax.lax.scan`` (sequential mode only).
+      mode: ``"sequential"`` (the default, and the behaviour of rnnlab before
+        ``mode`` existed): one ``jax.lax.scan`` over ``cell.step``, for any
+        cell. ``"parallel"``: ``jax.lax.associative_scan`` over the
+        :class:`LinearCell` coefficients; a ValueError for cells without them.
+        ``"auto"``: parallel if the cell has the parallel form
+        (:func:`has_parallel_form`), else sequential. The default stays
+        sequential so that existing calls compute exactly what they did (the
+        parallel results differ by rounding) and because the parallel form
+        holds all T coefficients in memory at once; which mode is faster
+        depends on the device and the sizes (``benchmarks/parallel_scan.py``).
 
     Returns:
       ``(final_carry, ys)``, ``ys`` with the time axis at ``time_axis``, e.g.
@@ -58,10 +183,22 @@ def scan(
     Raises:
       TypeError: ``cell`` lacks the protocol, ``xs`` is not real floating, or
         ``lengths`` is not integer.
-      ValueError: shapes do not match (``xs`` rank, ``carry``, ``lengths``) or
-        concrete ``lengths`` fall outside ``[0, T]``.
+      ValueError: shapes do not match (``xs`` rank, ``carry``, ``lengths``),
+        concrete ``lengths`` fall outside ``[0, T]``, ``mode`` is unknown, or
+        ``mode="parallel"`` for a cell without the parallel form.
     """
     check_cell(cell)
+    check_choice(mode, MODES, "mode")
+    parallel = has_parallel_form(cell)
+    if mode == "parallel" and not parallel:
+        raise ValueError(
+            f"mode='parallel' needs a cell with the parallel form (callable "
+            f"`coefficients` and `readout` attributes, see rnnlab.LinearCell: cells "
+            f"whose carry is linear in itself, such as lru, mingru, minlstm); "
+            f"received {type(cell).__name__} without them. Use mode='sequential' "
+            f"or mode='auto'."
+        )
+    parallel = parallel and mode != "sequential"
     xs = jnp.asarray(xs)
     check_float_input(xs, "xs")
     if xs.ndim < 2:
@@ -78,6 +215,19 @@ def scan(
     else:
         _check_carry(cell, params, carry, batch_shape)
 
+    if parallel:
+        if lengths is not None:
+            lengths = _check_lengths(lengths, batch_shape, num_steps)
+        carry, ys = _parallel_scan(cell, params, xs, carry, lengths, reverse)
+        ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
+        return carry, ys
+
+    prepare = getattr(cell, "prepare", None)
+    if callable(prepare):
+        # Loop-invariant work on the params (e.g. a matrix exponential), done
+        # once here: inside the body its derivative would be transposed at
+        # every step of the backward pass.
+        params = prepare(params)
     if lengths is None:
         carry, ys = jax.lax.scan(
             lambda c, x: cell.step(params, c, x), carry, xs, reverse=reverse, unroll=unroll
@@ -117,6 +267,7 @@ def bidirectional(
     time_axis: int = 0,
     unroll: int | bool = 1,
     merge: str | None = "concat",
+    mode: str = "sequential",
 ) -> tuple[tuple[Carry, Carry], Any]:
     r"""A bidirectional layer: ``forward`` reads the sequence left to right,
     ``backward`` right to left (each sequence from its own last valid step when
@@ -127,7 +278,7 @@ def bidirectional(
     Args:
       forward, backward: cells (may be the same cell object with separate params).
       params: ``(forward_params, backward_params)``.
-      xs, lengths, time_axis, unroll: as in :func:`scan`.
+      xs, lengths, time_axis, unroll, mode: as in :func:`scan`.
       carry: ``(forward_carry, backward_carry)`` or None for the initial carries.
       merge: ``"concat"`` (last axis, forward first), ``"sum"``, ``"mul"``,
         ``"ave"``, or None to return the pair ``(y_forward, y_backward)``
@@ -146,7 +297,7 @@ def bidirectional(
             + "."
         )
     c_fw, c_bw = (None, None) if carry is None else carry
-    kwargs = dict(lengths=lengths, time_axis=time_axis, unroll=unroll)
+    kwargs = dict(lengths=lengths, time_axis=time_axis, unroll=unroll, mode=mode)
     c_fw, y_fw = scan(forward, params[0], xs, carry=c_fw, **kwargs)
     c_bw, y_bw = scan(backward, params[1], xs, carry=c_bw, reverse=True, **kwargs)
     if merge is None:
@@ -160,6 +311,50 @@ def bidirectional(
     else:
         ys = 0.5 * (y_fw + y_bw)
     return (c_fw, c_bw), ys
+
+
+def _parallel_scan(
+    cell: Any, params: Params, xs: Array, h0: Array, lengths: Array | None, reverse: bool
+) -> tuple[Array, Any]:
+    """The parallel path of :func:`scan`; ``xs [T, *batch, F]`` time-major."""
+    num_steps = xs.shape[0]
+    if reverse:
+        # Read each sequence backwards by reversing its valid part, running
+        # forwards, and reversing the outputs back (the map is an involution).
+        xs = jnp.flip(xs, 0) if lengths is None else _flip_valid(xs, lengths)
+    a, b = cell.coefficients(params, xs)
+    a = jnp.broadcast_to(a, b.shape)
+    if lengths is not None:
+        t = jnp.arange(num_steps).reshape((-1,) + (1,) * lengths.ndim)
+        valid = t < lengths[None]  # [T, *batch]
+        a = jnp.where(_expand(valid, a), a, jnp.ones_like(a))
+        b = jnp.where(_expand(valid, b), b, jnp.zeros_like(b))
+    if num_steps == 0:
+        hs, final = b, h0
+    else:
+        hs = _linear_recurrence(a, b, h0)
+        final = hs[-1]  # padded steps carry the last valid state to the end
+    ys = cell.readout(params, hs, xs)
+    if lengths is not None:
+        ys = jax.tree.map(lambda y: jnp.where(_expand(valid, y), y, jnp.zeros_like(y)), ys)
+    if reverse:
+        ys = jax.tree.map(
+            lambda y: jnp.flip(y, 0) if lengths is None else _flip_valid(y, lengths), ys
+        )
+    return final, ys
+
+
+def _linear_recurrence(a: Array, b: Array, h0: Array) -> Array:
+    """All states of ``h_t = a_t * h_{t-1} + b_t`` (``a, b [T, ...]``, ``h0 [...]``) at once."""
+    b = b.at[0].add(a[0] * h0)  # fold the initial state into the first step
+
+    def combine(earlier, later):
+        a1, b1 = earlier
+        a2, b2 = later
+        return a2 * a1, a2 * b1 + b2
+
+    _, hs = jax.lax.associative_scan(combine, (a, b))
+    return hs
 
 
 def _normalise_time_axis(time_axis: Any, ndim: int) -> int:
@@ -176,7 +371,7 @@ def _normalise_time_axis(time_axis: Any, ndim: int) -> int:
 
 
 def _check_carry(cell: Any, params: Params, carry: Carry, batch_shape: tuple[int, ...]) -> None:
-    expected = jax.eval_shape(cell.initial_carry, params, batch_shape)
+    expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
     exp_leaves, exp_def = jax.tree.flatten(expected)
     got_leaves, got_def = jax.tree.flatten(carry)
     exp_shapes = [tuple(e.shape) for e in exp_leaves]
