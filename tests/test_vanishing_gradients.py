@@ -45,8 +45,11 @@ def _user_cell(hidden_size):
 @pytest.fixture(scope="module")
 def quick_run(vg, tmp_path_factory):
     rnnlab.registry.register(
-        "test-half-linear", _user_cell, description="h = 0.5 h + x W",
-        decay_bound=lambda params: jnp.asarray(0.5), overwrite=True,
+        "test-half-linear",
+        _user_cell,
+        description="h = 0.5 h + x W",
+        decay_bound=lambda params: jnp.asarray(0.5),
+        overwrite=True,
     )
     out = tmp_path_factory.mktemp("vg") / "run"
     args = ["--quick", "--out", str(out), "--cells", "elman-tanh,lstm,test-half-linear"]
@@ -56,9 +59,18 @@ def quick_run(vg, tmp_path_factory):
 
 def test_quick_run_writes_everything(quick_run):
     _, _, path = quick_run
-    for name in ["gradient_norms.png", "phase_diagram.png", "gradient_norms.csv",
-                 "phase_diagram.csv", "summary.json", "config.json", "environment.json",
-                 "COMPLETE", "cells/lstm.json", "norms_lstm.npz"]:
+    for name in [
+        "gradient_norms.png",
+        "phase_diagram.png",
+        "gradient_norms.csv",
+        "phase_diagram.csv",
+        "summary.json",
+        "config.json",
+        "environment.json",
+        "COMPLETE",
+        "cells/lstm.json",
+        "norms_lstm.npz",
+    ]:
         assert (path / name).exists(), name
     env = json.loads((path / "environment.json").read_text())
     assert env["jax"] == jax.__version__ and env["devices"]
@@ -70,8 +82,7 @@ def test_quick_run_writes_everything(quick_run):
     # The summary is the median over seeds x sequences of the raw norms, by distance.
     k = 5
     want = np.median(raw["init"][:, cfg["seq_len"] - 1 - k, :])
-    np.testing.assert_allclose(summary["cells"]["lstm"]["init"]["median"][k - 1], want,
-                               rtol=1e-6)
+    np.testing.assert_allclose(summary["cells"]["lstm"]["init"]["median"][k - 1], want, rtol=1e-6)
 
 
 def test_registered_user_cell_joins_with_its_closed_form(quick_run):
@@ -104,7 +115,9 @@ def test_partial_run_is_completed(quick_run, monkeypatch):
     (path / "COMPLETE").unlink()
     measured = []
     real = vg.measure_cell
-    monkeypatch.setattr(vg, "measure_cell", lambda name, *a: measured.append(name) or real(name, *a))
+    monkeypatch.setattr(
+        vg, "measure_cell", lambda name, *a: measured.append(name) or real(name, *a)
+    )
     vg.main(args)
     assert measured == ["elman-tanh"]
     after = json.loads((path / "cells" / "elman-tanh.json").read_text())
