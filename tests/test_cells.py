@@ -301,3 +301,17 @@ def test_wrong_input_size_names_shapes(name):
         cell.step(params, cell.initial_carry(params, (2,)), jnp.ones((2, 7)))
     with pytest.raises(ValueError, match="3 input features"):
         rnnlab.scan(cell, params, jnp.ones((T, B, 5)))
+
+
+def test_stack_passes_prepare_through():
+    """A stack holding a cell with a `prepare` hook prepares each layer once per scan."""
+    calls = []
+    ortho = rnnlab.orthogonal(H)
+    counted = ortho._replace(prepare=lambda p: calls.append(None) or ortho.prepare(p))
+    deep = rnnlab.stack([rnnlab.gru(3), counted])
+    params = deep.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (T, B, F))
+    _, ys = rnnlab.scan(deep, params, xs)
+    assert len(calls) == 1
+    _, want = _loop(deep, params, xs, deep.initial_carry(params, (B,)))  # unprepared params
+    np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-6)

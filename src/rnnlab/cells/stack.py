@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,4 +58,24 @@ def stack(cells: Sequence[Cell]) -> Cell:
             new_carry.append(h)
         return tuple(new_carry), y
 
-    return Cell(init, initial_carry, step)
+    if not any(callable(getattr(c, "prepare", None)) for c in cells):
+        return Cell(init, initial_carry, step)
+
+    def prepare(params):
+        # Passes each layer's loop-invariant work (rnnlab.scan's `prepare` hook)
+        # through, so a stack of e.g. orthogonal cells also does it once per call.
+        return tuple(
+            c.prepare(p) if callable(getattr(c, "prepare", None)) else p
+            for c, p in zip(cells, params, strict=True)
+        )
+
+    return PreparedStack(init, initial_carry, step, prepare)
+
+
+class PreparedStack(NamedTuple):
+    """A stacked :class:`rnnlab.Cell` plus ``prepare``, when some layer has one."""
+
+    init: Callable[..., Any]
+    initial_carry: Callable[..., Any]
+    step: Callable[..., Any]
+    prepare: Callable[[Any], Any]
