@@ -1,0 +1,418 @@
+r"""Training any cell on a :mod:`rnnlab.tasks` problem, several seeds in one program.
+
+The model is a cell followed by a linear readout, applied to the output of
+each sequence's last valid step (per-sequence tasks) or to every step's
+output (per-step tasks):
+
+.. math:: \hat y = y_{t^*} W + b, \qquad (c_t, y_t) = \mathrm{step}(\theta, c_{t-1}, x_t).
+
+One training step samples a fresh batch from the task, takes the gradient of
+the task's loss, logs the loss, the global gradient norm (before clipping) and
+the parameter norm, and applies an optax update (optionally after
+``optax.clip_by_global_norm``). Seeds are a leading axis: :func:`make_train_fns`
+returns functions that are ``jax.vmap``-ed over it, so S seeds train in one
+compiled program. Everything random is a pure function of ``(seed, step)``::
+
+    k_params, k_data, k_eval = jax.random.split(jax.random.key(seed), 3)
+    batch_at_step = task.sample(jax.random.fold_in(k_data, step), B, T)
+
+so a run resumed from a checkpoint sees exactly the data an uninterrupted run
+sees, and reaches the same numbers. A seed whose loss or gradient becomes
+non-finite is frozen (its parameters stop changing) and flagged
+``diverged`` with the step; the other seeds carry on.
+
+Example::
+
+    cfg = rnnlab.train.TrainConfig(seq_len=50, learning_rate=1e-3, clip_norm=1.0)
+    state, history = rnnlab.train.train(rnnlab.lstm(64), rnnlab.tasks.get("adding"),
+                                        cfg, seeds=(0, 1, 2), num_steps=2000)
+    history["loss"].shape   # (3, 2000)   [S, steps]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rnnlab import initializers
+from rnnlab.cell import Array, Params, add_bias, check_cell
+from rnnlab.scan import scan
+from rnnlab.tasks import Batch, Task
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+    "rmsprop": optax.rmsprop,
+    "sgd": optax.sgd,
+}
+
+HISTORY_KEYS = ("loss", "grad_norm", "param_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (per seed).
+
+    Attributes:
+      seq_len: T, passed to ``task.sample``.
+      batch_size: sequences per step.
+      optimizer: a key of :data:`OPTIMIZERS` (``adam``, ``adamw``, ``rmsprop``, ``sgd``).
+      learning_rate: the optimizer's step size.
+      clip_norm: ``optax.clip_by_global_norm`` threshold, or None for no clipping.
+      eval_batch_size: fresh sequences for :func:`evaluate`-style scoring.
+      unroll: passed to ``jax.lax.scan`` over time.
+    """
+
+    seq_len: int = 100
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    clip_norm: float | None = 1.0
+    eval_batch_size: int = 512
+    unroll: int = 1
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {tuple(OPTIMIZERS)}; received {self.optimizer!r}."
+            )
+        for name in ("seq_len", "batch_size", "eval_batch_size", "unroll"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int; received {v!r}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0; received {self.learning_rate!r}.")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None; received {self.clip_norm!r}.")
+
+
+class Readout(NamedTuple):
+    W: Array  # [H, O]
+    b: Array  # [O]
+
+
+class ModelParams(NamedTuple):
+    cell: Params  # the cell's own params
+    readout: Readout
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue; every leaf has a leading seed axis [S, ...]
+    when produced by :class:`TrainFns`.
+
+    Attributes:
+      params: :class:`ModelParams`.
+      opt_state: the optax state.
+      step: int32, steps taken.
+      diverged: bool, whether a non-finite loss or gradient was met (then the
+        params are frozen at their last finite value).
+      diverged_step: int32, the step at which that happened, -1 if never.
+    """
+
+    params: ModelParams
+    opt_state: Any
+    step: Array
+    diverged: Array
+    diverged_step: Array
+
+
+class TrainFns(NamedTuple):
+    """Compiled functions for one (cell, task, config), all vmapped over seeds.
+
+    Attributes:
+      init: ``init(seeds [S] int) -> TrainState``, stacked over seeds (runs eagerly).
+      train_chunk: ``train_chunk(state, seeds, num_steps) -> (state, logs)`` with
+        ``logs[k] [S, num_steps]`` for ``k`` in :data:`HISTORY_KEYS`; jitted,
+        ``num_steps`` static.
+      evaluate: ``evaluate(params, seeds) -> dict`` of ``[S]`` arrays ``loss``,
+        ``metric``, ``success`` on ``cfg.eval_batch_size`` fresh sequences.
+      apply: ``apply(params, inputs, lengths=None) -> outputs`` for one seed.
+      optimizer: the optax transformation.
+    """
+
+    init: Callable[[Array], TrainState]
+    train_chunk: Callable[[TrainState, Array, int], tuple[TrainState, dict]]
+    evaluate: Callable[[ModelParams, Array], dict]
+    apply: Callable[..., Array]
+    optimizer: optax.GradientTransformation
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """``optax.chain(clip_by_global_norm(cfg.clip_norm), OPTIMIZERS[cfg.optimizer](lr))``."""
+    opt = OPTIMIZERS[cfg.optimizer](cfg.learning_rate)
+    if cfg.clip_norm is None:
+        return opt
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+
+
+def seed_keys(seed: Array) -> tuple[Array, Array, Array]:
+    """``(k_params, k_data, k_eval)`` for one integer seed."""
+    k_params, k_data, k_eval = jax.random.split(jax.random.key(seed), 3)
+    return k_params, k_data, k_eval
+
+
+def make_train_fns(cell: Any, task: Task, cfg: TrainConfig) -> TrainFns:
+    """Builds the model, its pure train step and evaluation, vmapped over seeds.
+
+    Args:
+      cell: any object with the Cell protocol.
+      task: a :class:`rnnlab.tasks.Task`.
+      cfg: the :class:`TrainConfig`.
+
+    Returns:
+      :class:`TrainFns`.
+
+    Raises:
+      ValueError: ``cfg.seq_len`` is too short for ``task`` (checked here, not
+        at the first step).
+    """
+    check_cell(cell)
+    if cfg.seq_len < max(2, task.min_T):
+        raise ValueError(
+            f"seq_len (T) must be >= {max(2, task.min_T)} for task {task.name!r}; "
+            f"received {cfg.seq_len}."
+        )
+    optimizer = make_optimizer(cfg)
+    readout_init = initializers.get("lecun_normal")
+
+    def init_params(key: Array) -> ModelParams:
+        k_cell, k_out = jax.random.split(key)
+        cell_params = cell.init(k_cell, task.input_size)
+        x = jnp.zeros((task.input_size,), jnp.float32)
+        y = jax.eval_shape(lambda p: cell.step(p, cell.initial_carry(p, ()), x)[1], cell_params)
+        hidden = y.shape[-1]
+        readout = Readout(
+            W=readout_init(k_out, (hidden, task.output_size), jnp.float32),
+            b=jnp.zeros((task.output_size,), jnp.float32),
+        )
+        return ModelParams(cell_params, readout)
+
+    def apply(params: ModelParams, inputs: Array, lengths: Array | None = None) -> Array:
+        """``inputs [T, B, F] -> outputs [B, O]`` (per sequence) or ``[T, B, O]`` (per step)."""
+        _, ys = scan(cell, params.cell, inputs, lengths=lengths, unroll=cfg.unroll)  # [T, B, H]
+        if not task.per_step:
+            if lengths is None:
+                ys = ys[-1]
+            else:
+                idx = (lengths - 1)[None, :, None]  # [1, B, 1]
+                ys = jnp.take_along_axis(ys, idx, axis=0)[0]  # [B, H]
+        return add_bias(ys @ params.readout.W, params.readout.b)
+
+    def loss_fn(params: ModelParams, batch: Batch) -> Array:
+        return task.loss(apply(params, batch.inputs, batch.lengths), batch)
+
+    def init_one(seed: Array) -> TrainState:
+        k_params, _, _ = seed_keys(seed)
+        params = init_params(k_params)
+        return TrainState(
+            params=params,
+            opt_state=optimizer.init(params),
+            step=jnp.zeros((), jnp.int32),
+            diverged=jnp.zeros((), bool),
+            diverged_step=jnp.full((), -1, jnp.int32),
+        )
+
+    def step_one(state: TrainState, k_data: Array) -> tuple[TrainState, dict]:
+        batch = task.sample(jax.random.fold_in(k_data, state.step), cfg.batch_size, cfg.seq_len)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        grad_norm = optax.tree.norm(grads)  # before clipping
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite &= jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        keep = finite & ~state.diverged
+        # A diverged seed is frozen at its last finite params, so NaNs never spread.
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(keep, new, old),
+            (params, opt_state), (state.params, state.opt_state),
+        )
+        newly = ~finite & ~state.diverged
+        new_state = TrainState(
+            params=params,
+            opt_state=opt_state,
+            step=state.step + 1,
+            diverged=state.diverged | ~finite,
+            diverged_step=jnp.where(newly, state.step, state.diverged_step),
+        )
+        logs = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(params)}
+        return new_state, logs
+
+    def chunk_one(state: TrainState, seed: Array, num_steps: int):
+        _, k_data, _ = seed_keys(seed)
+        state, logs = jax.lax.scan(lambda s, _: step_one(s, k_data), state, None, length=num_steps)
+        return state, logs  # logs[k]: [num_steps]
+
+    def evaluate_one(params: ModelParams, seed: Array) -> dict:
+        _, _, k_eval = seed_keys(seed)
+        batch = task.sample(k_eval, cfg.eval_batch_size, cfg.seq_len)
+        outputs = apply(params, batch.inputs, batch.lengths)
+        return {
+            "loss": task.loss(outputs, batch),
+            "metric": task.metric(outputs, batch),
+            "success": task.success(outputs, batch),
+        }
+
+    def init(seeds: Array) -> TrainState:
+        # Eager, one seed at a time: compiling an init (the QR of orthogonal
+        # initialisers above all) under jit costs seconds; eager ops are cached.
+        states = [init_one(int(s)) for s in np.asarray(seeds)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+    train_chunk = jax.jit(
+        jax.vmap(chunk_one, in_axes=(0, 0, None)), static_argnums=2
+    )
+    evaluate = jax.jit(jax.vmap(evaluate_one))
+    return TrainFns(init, train_chunk, evaluate, apply, optimizer)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+class TrainInterrupted(Exception):
+    """Raised by a ``callback`` to stop :func:`train` after a checkpoint (as a kill would)."""
+
+
+def _check_seeds(seeds: Sequence[int]) -> np.ndarray:
+    seeds = np.asarray(seeds)
+    if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer):
+        raise ValueError(f"seeds must be a non-empty sequence of ints; received {seeds!r}.")
+    if len(set(seeds.tolist())) != seeds.size:
+        raise ValueError(f"seeds must be distinct; received {seeds.tolist()}.")
+    return seeds.astype(np.int32)
+
+
+def train(
+    cell: Any,
+    task: Task,
+    cfg: TrainConfig,
+    seeds: Sequence[int],
+    num_steps: int,
+    *,
+    chunk_size: int = 100,
+    checkpoint_dir: str | Path | None = None,
+    callback: Callable[[int, TrainState, dict], None] | None = None,
+    fns: TrainFns | None = None,
+) -> tuple[TrainState, dict]:
+    """Trains ``len(seeds)`` models in one vmapped program for ``num_steps`` steps.
+
+    Steps run in jitted chunks of ``chunk_size`` (a ``lax.scan`` over steps).
+    Chunk boundaries are multiples of ``chunk_size`` from step 0, so an
+    interrupted and resumed run executes the same compiled chunks as an
+    uninterrupted one.
+
+    Args:
+      cell: any Cell.
+      task: a :class:`rnnlab.tasks.Task`.
+      cfg: the :class:`TrainConfig`.
+      seeds: S distinct ints; seed ``s`` gives the init, data and eval keys.
+      num_steps: total steps (>= 0).
+      chunk_size: steps per compiled chunk, and the checkpoint interval.
+      checkpoint_dir: if given, the state and the history so far are saved
+        there with orbax after every chunk, and a run finding a checkpoint
+        there resumes from it.
+      callback: ``callback(step, state, history)`` after each chunk (and its
+        checkpoint); e.g. a progress bar. Raising :class:`TrainInterrupted`
+        stops the run, leaving the checkpoint.
+      fns: reuse already built :class:`TrainFns` for this (cell, task, cfg) (saves
+        a compile); ``cell`` may then be None.
+
+    Returns:
+      ``(state, history)``: the final :class:`TrainState` (leaves ``[S, ...]``)
+      and ``history[k]`` numpy ``[S, num_steps]`` for ``k`` in
+      :data:`HISTORY_KEYS`.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be an int >= 0; received {num_steps!r}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int; received {chunk_size!r}.")
+    seeds_np = _check_seeds(seeds)
+    fns = fns or make_train_fns(cell, task, cfg)
+    seeds_j = jnp.asarray(seeds_np)
+    state = fns.init(seeds_j)
+    history = {k: np.full((seeds_np.size, num_steps), np.nan, np.float32) for k in HISTORY_KEYS}
+
+    manager = None
+    if checkpoint_dir is not None:
+        manager = _checkpoint_manager(checkpoint_dir)
+        latest = manager.latest_step()
+        if latest is not None:
+            state, history = _restore(manager, latest, state, history)
+
+    step = int(state.step[0])
+    while step < num_steps:
+        n = min(chunk_size - step % chunk_size, num_steps - step)
+        state, logs = fns.train_chunk(state, seeds_j, n)
+        for k in HISTORY_KEYS:
+            history[k][:, step:step + n] = np.asarray(logs[k])
+        step += n
+        if manager is not None:
+            _save(manager, step, state, history)
+        if callback is not None:
+            callback(step, state, history)
+    if manager is not None:
+        manager.close()
+    return state, history
+
+
+def evaluate(fns: TrainFns, state: TrainState, seeds: Sequence[int]) -> dict[str, np.ndarray]:
+    """Scores each seed's params on fresh sequences: ``[S]`` arrays ``loss``, ``metric``,
+    ``success``, plus ``diverged`` and ``diverged_step`` from the state."""
+    out = fns.evaluate(state.params, jnp.asarray(_check_seeds(seeds)))
+    out = {k: np.asarray(v) for k, v in out.items()}
+    out["diverged"] = np.asarray(state.diverged)
+    out["diverged_step"] = np.asarray(state.diverged_step)
+    return out
+
+
+def clear_checkpoints(checkpoint_dir: str | Path) -> None:
+    """Removes a run's checkpoints (once its results are safely written)."""
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_manager(directory: str | Path):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, enable_async_checkpointing=False
+    )
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def _save(manager, step: int, state: TrainState, history: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    manager.save(step, args=ocp.args.StandardSave({"state": state, "history": history}))
+    manager.wait_until_finished()
+
+
+def _restore(manager, step: int, state: TrainState, history: dict):
+    import orbax.checkpoint as ocp
+
+    target = {"state": state, "history": history}
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if isinstance(
+            x, np.ndarray) else x.dtype), target)
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises various types on a structure/shape mismatch
+        raise ValueError(
+            f"the checkpoint in {manager.directory} does not match this run (different cell, "
+            f"seeds, num_steps or optimizer?); remove it or use another checkpoint_dir. "
+            f"Orbax said: {e}"
+        ) from e
+    state = jax.tree.unflatten(
+        jax.tree.structure(state), [jnp.asarray(x) for x in jax.tree.leaves(restored["state"])]
+    )
+    history = {k: np.array(restored["history"][k]) for k in HISTORY_KEYS}
+    return state, history

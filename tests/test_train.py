@@ -1,0 +1,179 @@
+"""Training: it learns, vmapped seeds equal separate runs, resuming is exact, bad input fails."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import rnnlab
+from rnnlab import tasks, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "long_range.py"
+
+ADDING = tasks.get("adding")
+SMALL = train.TrainConfig(seq_len=5, batch_size=8, eval_batch_size=32, learning_rate=1e-2)
+
+
+@pytest.fixture(scope="module")
+def elman_fns():
+    """Compiled once, shared by the tests below."""
+    return train.make_train_fns(rnnlab.elman(8), ADDING, SMALL)
+
+
+def _leaves_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_lstm_learns_adding_T10():
+    """A tiny LSTM leaves the 1/6 plateau of the adding problem at T = 10 in 300 steps."""
+    cfg = train.TrainConfig(seq_len=10, batch_size=32, eval_batch_size=256, learning_rate=1e-2)
+    fns = train.make_train_fns(rnnlab.lstm(16), ADDING, cfg)
+    state, history = train.train(None, ADDING, cfg, seeds=(0,), num_steps=300, chunk_size=300,
+                                 fns=fns)
+    ev = train.evaluate(fns, state, (0,))
+    assert history["loss"].shape == (1, 300)
+    assert np.all(np.isfinite(history["grad_norm"])) and np.all(history["param_norm"] > 0)
+    assert float(ev["metric"][0]) < 0.02  # baseline 0.167
+    assert not ev["diverged"][0]
+
+
+def test_vmapped_seeds_equal_separate_runs(elman_fns):
+    both, h_both = train.train(None, ADDING, SMALL, (3, 7), 20, chunk_size=10, fns=elman_fns)
+    for i, seed in enumerate((3, 7)):
+        one, h_one = train.train(None, ADDING, SMALL, (seed,), 20, chunk_size=10, fns=elman_fns)
+        for k in train.HISTORY_KEYS:
+            np.testing.assert_allclose(h_both[k][i], h_one[k][0], rtol=1e-5, atol=1e-7)
+        jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b[0], rtol=1e-5,
+                                                                  atol=1e-7), both, one)
+
+
+def test_resume_from_checkpoint_is_exact(elman_fns, tmp_path):
+    full, h_full = train.train(None, ADDING, SMALL, (0, 1), 30, chunk_size=10, fns=elman_fns)
+
+    def kill_after_20(step, state, history):
+        if step == 20:
+            raise train.TrainInterrupted
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(train.TrainInterrupted):
+        train.train(None, ADDING, SMALL, (0, 1), 30, chunk_size=10, checkpoint_dir=ckpt,
+                    callback=kill_after_20, fns=elman_fns)
+    steps_seen = []
+    resumed, h_resumed = train.train(None, ADDING, SMALL, (0, 1), 30, chunk_size=10,
+                                     checkpoint_dir=ckpt, fns=elman_fns,
+                                     callback=lambda step, *_: steps_seen.append(step))
+    assert steps_seen == [30]  # only the last chunk ran again
+    _leaves_equal(full, resumed)
+    for k in train.HISTORY_KEYS:
+        np.testing.assert_array_equal(h_full[k], h_resumed[k])
+
+
+def test_divergence_is_recorded_not_raised(elman_fns):
+    """A seed whose loss overflows is frozen and flagged; the other seed trains on."""
+    seeds = jax.numpy.asarray([0, 1])
+    state = elman_fns.init(seeds)
+    W = state.params.readout.W.at[1].set(1e30)  # seed 1's outputs, hence loss, overflow
+    state = state._replace(params=state.params._replace(readout=state.params.readout._replace(W=W)))
+    start = jax.tree.map(np.asarray, state.params)
+    state, logs = elman_fns.train_chunk(state, seeds, 10)
+    np.testing.assert_array_equal(state.diverged, [False, True])
+    np.testing.assert_array_equal(state.diverged_step, [-1, 0])
+    assert np.all(np.isfinite(logs["loss"][0])) and not np.isfinite(logs["loss"][1, 0])
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], b[1]), state.params, start)
+    assert not np.array_equal(state.params.readout.W[0], start.readout.W[0])
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        train.TrainConfig(optimizer="lbfgs-ish")
+    with pytest.raises(ValueError, match="seq_len"):
+        train.TrainConfig(seq_len=0)
+    with pytest.raises(ValueError, match="clip_norm"):
+        train.TrainConfig(clip_norm=-1.0)
+    with pytest.raises(ValueError, match=r"T\) must be >= 20"):
+        train.make_train_fns(rnnlab.lstm(4), tasks.get("adding-hs"), train.TrainConfig(seq_len=10))
+    with pytest.raises(ValueError, match="num_steps"):
+        train.train(rnnlab.lstm(4), ADDING, SMALL, (0,), -1)
+    with pytest.raises(ValueError, match="distinct"):
+        train.train(rnnlab.lstm(4), ADDING, SMALL, (0, 0), 1)
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("long_range", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["long_range"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_experiment_config_errors():
+    lr = _load_script()
+    with pytest.raises(ValueError, match="task must be one of"):
+        lr.LongRangeConfig(task="nope")
+    with pytest.raises(ValueError, match="cell must be one of"):
+        lr.LongRangeConfig(cells=("lstm", "no-such-cell"))
+    with pytest.raises(ValueError, match="lengths must be >= 2"):
+        lr.LongRangeConfig(lengths=(1,))
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        lr.LongRangeConfig(steps=-5)
+    with pytest.raises(SystemExit):  # a usage error from the command line
+        lr.main(["--steps", "-5", "--out", "unused"])
+
+
+TINY = ["--cells", "elman-tanh", "--lengths", "4", "--seeds", "2", "--hidden-size", "4",
+        "--steps", "30", "--chunk-size", "10", "--batch-size", "4", "--eval-batch-size", "16",
+        "--compare-clip-cell", "none"]
+
+
+def _numbers(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    keep = ("key", "metric", "eval_loss", "success", "diverged")
+    history = (run_dir / "runs" / summary[0]["key"] / "history.csv").read_text()
+    return [{k: r[k] for k in keep} for r in summary], history
+
+
+@pytest.mark.slow
+def test_experiment_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    lr = _load_script()
+    lr.main([*TINY, "--out", str(tmp_path / "full")])
+
+    def kill_at_20(step, state, history):
+        if step == 20:
+            raise train.TrainInterrupted
+
+    with pytest.raises(train.TrainInterrupted):
+        lr.main([*TINY, "--out", str(tmp_path / "cut")], callback=kill_at_20)
+    cut = tmp_path / "cut"
+    assert not (cut / "COMPLETE").exists()
+    assert any((cut / "runs").glob("*/checkpoint/*"))  # the mid-run checkpoint is there
+    lr.main([*TINY, "--out", str(cut)])
+    assert (cut / "COMPLETE").exists()
+    assert _numbers(cut) == _numbers(tmp_path / "full")
+    # A third call finds everything finished and trains nothing.
+    calls = []
+    lr.main([*TINY, "--out", str(cut)], callback=lambda *a: calls.append(a))
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_quick_run_writes_its_files(tmp_path):
+    out = tmp_path / "quick"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("COMPLETE", "config.json", "environment.json", "summary.csv", "summary.json",
+                 "metric_vs_T.png", "metric_vs_T.pdf", "training_curves.png",
+                 "grad_norm_clipping.png", "grad_norm_clipping.pdf"):
+        assert (out / name).exists(), name
+    assert not any(out.glob("runs/*/checkpoint"))  # cleared once results were written
+    assert len(list(out.glob("runs/*/result.json"))) == len(list(out.glob("runs/*/history.csv")))
