@@ -107,9 +107,11 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / jax arrays and scalars
-        return obj.tolist()
-    if isinstance(obj, float) and obj != obj:
-        return None  # NaN: JSON has none; None keeps files readable by any parser
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        # JSON has no NaN or infinity; null keeps files readable by any parser
+        # (a diverged run's loss is a result, recorded as null).
+        return None
     return obj
 
 
@@ -337,7 +339,13 @@ class RunDir:
         atomic_write_json(cfg_file, cfg_json)
         env = environment_info()
         env["argv"] = sys.argv
-        atomic_write_json(self.path / "environment.json", env)
+        env_file = self.path / "environment.json"
+        if env_file.exists():
+            # A resumed run: keep the first session's record and list each resumption.
+            resumed = self.read_json("environment_resumed.json", default=[])
+            atomic_write_json(self.path / "environment_resumed.json", resumed + [env])
+        else:
+            atomic_write_json(env_file, env)
 
     def file(self, name: str) -> Path:
         return self.path / name
