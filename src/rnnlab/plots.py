@@ -57,6 +57,15 @@ def gradient_norms_vs_distance(
     fig, axes = plt.subplots(
         1, len(phases), figsize=(6.2 * len(phases), 4.6), sharey=True, squeeze=False
     )
+    # The y-range follows the measurements, not the bounds: a bound that grows
+    # as r^k with r > 1 after training would otherwise squash every curve.
+    measured = [
+        np.asarray(curves[n][p][key], float)
+        for n in names for p in phases if curves[n].get(p) for key in ("q25", "q75", "median")
+    ]
+    values = np.concatenate(measured) if measured else np.array([1.0])
+    values = values[(values > 0) & np.isfinite(values)]
+    ylim = (values.min() / 3, values.max() * 3) if values.size else None
     for ax, phase in zip(axes[0], phases, strict=True):
         for name in names:
             c = curves[name].get(phase)
@@ -79,6 +88,8 @@ def gradient_norms_vs_distance(
                 good = th > 0
                 ax.plot(d[good], th[good], color=colors[name], lw=1.2, ls=":")
         ax.set_yscale("log")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set_xlabel("distance from the loss, k = T - 1 - t (steps)")
         ax.set_title((titles or {}).get(phase, phase))
         ax.grid(True, which="major", alpha=0.3)
