@@ -10,6 +10,14 @@ an interrupted run stopped and skips finished runs.
     python experiments/long_range.py                  # the full grid
     python experiments/long_range.py --preset small   # same picture, faster
     python experiments/long_range.py --quick --out /tmp/lr   # smoke test, < 30 s
+
+Seeds are split across every visible device (rnnlab.distributed); launched as
+several processes (JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, or
+a multi-task SLURM/Open MPI job) it initialises jax.distributed and only
+process 0 writes. A seed whose training diverges (non-finite loss, gradient or
+update) is reported on stderr, frozen at its last finite parameters (saved in
+last_good_params.npz beside its result), recorded as outcome "diverged", counted
+as a failure in success_rate and left out of metric_mean.
 """
 
 from __future__ import annotations
@@ -21,10 +29,11 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import jax
 import numpy as np
 
 import rnnlab
-from rnnlab import experiment, tasks, train
+from rnnlab import distributed, experiment, tasks, train
 
 EXPERIMENT = "long_range"
 
@@ -127,25 +136,51 @@ def run_one(cfg: LongRangeConfig, spec: dict[str, Any], run_dir: experiment.RunD
     ev = train.evaluate(fns, state, seeds)
     rows = [dict(step=t, seed=s, **{k: float(history[k][i, t]) for k in train.HISTORY_KEYS})
             for i, s in enumerate(seeds) for t in range(cfg.steps)]
-    experiment.atomic_write_csv(folder / "history.csv", rows,
-                                ["step", "seed", *train.HISTORY_KEYS])
+    rel = folder.relative_to(run_dir.path)
+    run_dir.write_csv(str(rel / "history.csv"), rows, ["step", "seed", *train.HISTORY_KEYS])
     baseline = task.baseline(spec["T"])
     metric = ev["metric"].astype(float)
+    diverged = ev["diverged"].astype(bool)
+    # A diverged seed is a failure whatever its frozen params score: it did not finish training.
+    success = ev["success"].astype(bool) & ~diverged
+    reports = train.divergence_reports(state, history, seeds, cell=spec["key"])
+    for r in reports:
+        print(f"warning: {r.message()}", file=sys.stderr)
+    if reports:
+        _save_last_good_params(run_dir, rel / "last_good_params.npz", state, reports, seeds)
+    kept = metric[~diverged]
     result = dict(
         spec, task=cfg.task, seeds=seeds, metric_name=task.metric_name, baseline=baseline,
         baseline_formula=task.baseline_formula, success_criterion=task.success_criterion,
         metric=metric.tolist(), eval_loss=ev["loss"].astype(float).tolist(),
-        success=ev["success"].astype(bool).tolist(),
+        success=success.tolist(),
         left_baseline=[task.improves_on_baseline(m, spec["T"]) for m in metric],
-        diverged=ev["diverged"].astype(bool).tolist(),
+        diverged=diverged.tolist(),
         diverged_step=ev["diverged_step"].astype(int).tolist(),
-        metric_mean=float(np.nanmean(metric)) if np.isfinite(metric).any() else math.nan,
-        success_rate=float(np.mean(ev["success"])),
+        outcome=["diverged" if d else "success" if ok else "failure"
+                 for d, ok in zip(diverged, success, strict=True)],
+        divergence=[r._asdict() for r in reports],
+        metric_mean=float(np.nanmean(kept)) if np.isfinite(kept).any() else math.nan,
+        success_rate=float(np.mean(success)),
+        history_steps=int(history["loss"].shape[1]),
         train_seconds_this_session=time.perf_counter() - start,
     )
-    experiment.atomic_write_json(folder / "result.json", result)  # written last: "finished"
-    train.clear_checkpoints(folder / "checkpoint")
+    run_dir.write_json(str(rel / "result.json"), result)  # written last: "finished"
+    if run_dir.is_writer:
+        train.clear_checkpoints(folder / "checkpoint")
     return result
+
+
+def _save_last_good_params(run_dir: experiment.RunDir, name, state, reports, seeds) -> None:
+    """The diverged seeds' frozen (last finite) params, one array per leaf path."""
+    import io
+
+    rows = [seeds.index(r.seed) for r in reports]
+    leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    arrays = {jax.tree_util.keystr(path): np.asarray(x)[rows] for path, x in leaves}
+    buf = io.BytesIO()
+    np.savez(buf, seeds=np.asarray([r.seed for r in reports]), **arrays)
+    run_dir.write_bytes(str(name), buf.getvalue())
 
 
 def run(cfg: LongRangeConfig, run_dir: experiment.RunDir,
@@ -302,6 +337,7 @@ def _smooth(x: np.ndarray, window: int = 25) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None, callback: Callable | None = None) -> experiment.RunDir:
+    distributed.maybe_initialize_distributed()
     cfg, ns = experiment.parse_config(LongRangeConfig, argv, prog="long_range.py")
     run_dir = experiment.open_run_dir(EXPERIMENT, cfg, ns)
     print(f"results: {run_dir.path}", file=sys.stderr)

@@ -16,6 +16,8 @@ Writes into one results folder (printed at the end):
   numbers), norms_<cell>.npz (every norm: [phase, seed, T, sequence]),
   config.json, environment.json, COMPLETE.
 Re-running the same command resumes: cells already measured are skipped.
+Seeds (and the phase diagram's gains) are split across every visible device
+(rnnlab.distributed); with several processes only process 0 writes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnnlab
-from rnnlab import diagnostics, experiment, plots, registry, tasks, train
+from rnnlab import diagnostics, distributed, experiment, plots, registry, tasks, train
 from rnnlab.cell import add_bias
 
 EXPERIMENT = "vanishing_gradients"
@@ -139,10 +141,11 @@ class Config:
 
 
 def _norms_fn(cell, task, cfg: Config):
-    """``(cell_params [S], readout [S], keys [S]) -> norms [S, T, B]``, one compiled program."""
+    """``(cell_params [S], readout [S], key_data [S]) -> norms [S, T, B]``: one compiled
+    program, its seeds split across the devices (numpy out)."""
 
-    def one(cell_params, readout, key):
-        batch = task.sample(key, cfg.batch_size, cfg.seq_len)
+    def one(cell_params, readout, key_data):
+        batch = task.sample(jax.random.wrap_key_data(key_data), cfg.batch_size, cfg.seq_len)
 
         def loss_fn(ys, final_carry):
             del final_carry
@@ -154,7 +157,7 @@ def _norms_fn(cell, task, cfg: Config):
             cell, cell_params, batch.inputs, loss_fn, lengths=batch.lengths
         )
 
-    return jax.jit(jax.vmap(one))
+    return distributed.shard_over_seeds(jax.vmap(one))
 
 
 def _summarise(norms: np.ndarray, bound: np.ndarray | None) -> dict:
@@ -201,7 +204,7 @@ def measure_cell(name: str, cfg: Config, run: experiment.RunDir) -> dict:
     fns = train.make_train_fns(cell, task, tcfg)
     norms_fn = _norms_fn(cell, task, cfg)
     k_measure = jax.random.fold_in(jax.random.key(cfg.seed), 0x6E6F726D)  # "norm"
-    keys = jax.random.split(k_measure, cfg.seeds)
+    keys = jax.random.key_data(jax.random.split(k_measure, cfg.seeds))
 
     def measure(state):
         norms = np.asarray(norms_fn(state.params.cell, state.params.readout, keys))
@@ -218,6 +221,8 @@ def measure_cell(name: str, cfg: Config, run: experiment.RunDir) -> dict:
         state, history = train.train(cell, task, tcfg, seeds, cfg.train_steps, fns=fns)
         raw["trained"], result["trained"] = measure(state)
         ev = train.evaluate(fns, state, seeds)
+        for report in train.divergence_reports(state, history, seeds.tolist(), cell=name):
+            print(f"warning: {report.message()}", file=sys.stderr)
         result["training"] = {
             "final_loss": history["loss"][:, -1].tolist(),
             "eval_metric": ev["metric"].tolist(),
@@ -228,7 +233,7 @@ def measure_cell(name: str, cfg: Config, run: experiment.RunDir) -> dict:
     result["description"] = registry.entry(name).description
     buf = io.BytesIO()
     np.savez_compressed(buf, **raw)
-    experiment.atomic_write_bytes(run.file(f"norms_{name}.npz"), buf.getvalue())
+    run.write_bytes(f"norms_{name}.npz", buf.getvalue())
     run.write_json(f"cells/{name}.json", result)
     return result
 
@@ -259,7 +264,10 @@ def phase_diagram(cfg: Config) -> dict:
         return ratio, lyap
 
     over_seeds = jax.vmap(one, in_axes=(None, 0, 0))
-    ratio, lyap = jax.jit(jax.vmap(over_seeds, in_axes=(0, None, None)))(gains, params, batches)
+    # The gains are split across the devices; params and batches are replicated.
+    over_gains = distributed.shard_over_seeds(
+        lambda g: jax.vmap(over_seeds, in_axes=(0, None, None))(g, params, batches))
+    ratio, lyap = over_gains(gains)
     ratio = np.asarray(ratio).reshape(len(cfg.gains), -1)  # [G, S*B]
     lyap = np.asarray(lyap)  # [G, S]
     out = {"gain": list(cfg.gains), "distance": k}
@@ -373,6 +381,7 @@ def print_summary(results: dict, phase: dict) -> None:
 def main(argv=None) -> Path:
     if argv is None:
         argv = sys.argv[1:]
+    distributed.maybe_initialize_distributed()
     if argv[:1] == ["--replot"]:
         if len(argv) != 2:
             raise SystemExit("usage: vanishing_gradients.py --replot RESULTS_FOLDER")
@@ -398,7 +407,8 @@ def main(argv=None) -> Path:
             phase = phase_diagram(cfg)
             run.write_json("phase.json", phase)
         advance(1, note="done")
-    write_outputs(cfg, run, results, phase)
+    if run.is_writer:  # write_outputs replots from the written summary.json
+        write_outputs(cfg, run, results, phase)
     run.mark_complete()
     print_summary(results, phase)
     print(f"results: {run.path}")

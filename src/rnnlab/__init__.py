@@ -7,8 +7,10 @@ Public API, re-exported by name::
     final_carry, ys = rnnlab.scan(cell, params, xs)   # xs [T, *batch, 8]
 """
 
+from rnnlab import checks as checks
 from rnnlab import convert as convert
 from rnnlab import diagnostics as diagnostics
+from rnnlab import distributed as distributed
 from rnnlab import experiment as experiment
 from rnnlab import initializers as initializers
 from rnnlab import registry as registry
@@ -35,6 +37,8 @@ from rnnlab.cells import mingru as mingru
 from rnnlab.cells import minlstm as minlstm
 from rnnlab.cells import orthogonal as orthogonal
 from rnnlab.cells import stack as stack
+from rnnlab.checks import checking as checking
+from rnnlab.checks import set_debug_checks as set_debug_checks
 from rnnlab.scan import LinearCell as LinearCell
 from rnnlab.scan import bidirectional as bidirectional
 from rnnlab.scan import has_parallel_form as has_parallel_form

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from rnnlab import checks
 from rnnlab.cell import Array, Carry, Cell, Params, check_cell, check_float_input
 from rnnlab.scan import scan
 
@@ -126,7 +127,8 @@ def carry_grad_norms(
     check_cell(cell)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (ys, final_carry) -> scalar; got {loss_fn!r}.")
-    xs = _check_xs(xs, min_ndim=2, what="[T, F] or [T, *batch, F]")
+    xs = _check_xs(xs, min_ndim=2, what="[T, F] or [T, *batch, F]",
+                   where="carry_grad_norms", params=params, carry=carry)
     num_steps, batch_shape, num_features = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
     carry = _initial_or_checked(cell, params, carry, batch_shape)
 
@@ -230,7 +232,8 @@ def jacobian_norms(
       Pascanu, Mikolov & Bengio, ICML 2013.
     """
     check_cell(cell)
-    xs = _check_xs(xs, min_ndim=2, max_ndim=2, what="[T, F] (one sequence; vmap over a batch)")
+    xs = _check_xs(xs, min_ndim=2, max_ndim=2, what="[T, F] (one sequence; vmap over a batch)",
+                   where="jacobian_norms", params=params, carry=carry)
     carry = _initial_or_checked(cell, params, carry, ())
     vec0, _ = _state_vector(carry)
     if vec0.size == 0:
@@ -312,7 +315,8 @@ def lyapunov_exponents(
       networks", Phys. Rev. Research 2023.
     """
     check_cell(cell)
-    xs = _check_xs(xs, min_ndim=2, max_ndim=2, what="[T, F] (one sequence; vmap over a batch)")
+    xs = _check_xs(xs, min_ndim=2, max_ndim=2, what="[T, F] (one sequence; vmap over a batch)",
+                   where="lyapunov_exponents", params=params, carry=carry)
     num_steps = xs.shape[0]
     carry = _initial_or_checked(cell, params, carry, ())
     vec0, _ = _state_vector(carry)
@@ -521,9 +525,13 @@ def _initial_or_checked(
     return carry
 
 
-def _check_xs(xs: Any, *, min_ndim: int, what: str, max_ndim: int | None = None) -> Array:
+def _check_xs(
+    xs: Any, *, min_ndim: int, what: str, max_ndim: int | None = None,
+    where: str = "", params: Any = None, carry: Any = None,
+) -> Array:
     xs = jnp.asarray(xs)
     check_float_input(xs, "xs")
+    checks.check_finite_args(where, xs=xs, params=params, carry=carry)  # opt-in (rnnlab.checks)
     if xs.ndim < min_ndim or (max_ndim is not None and xs.ndim > max_ndim):
         raise ValueError(f"xs must be {what}; received shape {xs.shape}.")
     if xs.shape[0] == 0:

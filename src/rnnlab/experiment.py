@@ -307,15 +307,37 @@ class RunDir:
     (:class:`ConfigMismatchError`) unless ``overwrite``, in which case it is
     emptied first. With the same config it is reused, so a re-run resumes.
 
+    With several processes (:func:`rnnlab.distributed.maybe_initialize_distributed`)
+    only the writer, process 0, creates, empties or writes anything: on the
+    others every ``write_*``/``save_figure``/``mark_complete`` is a no-op that
+    returns the path, while ``read_json`` still reads (so every process must see
+    the folder: put it on a shared filesystem, as the orbax checkpoints need).
+
     Args:
       path: the folder.
       config: the run's config (a dataclass); its JSON form is compared.
       overwrite: replace a folder made with a different config.
+      is_writer: whether this process writes; default ``jax.process_index() == 0``
+        (always True in a single-process run).
     """
 
-    def __init__(self, path: str | os.PathLike, config: Any, *, overwrite: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        config: Any,
+        *,
+        overwrite: bool = False,
+        is_writer: bool | None = None,
+    ):
         self.path = Path(path)
         self.config = config
+        if is_writer is None:
+            import jax
+
+            is_writer = jax.process_index() == 0
+        self.is_writer = bool(is_writer)
+        if not self.is_writer:
+            return
         cfg_json = to_jsonable(config)
         cfg_file = self.path / "config.json"
         if cfg_file.exists():
@@ -355,14 +377,22 @@ class RunDir:
         return (self.path / COMPLETE_MARKER).exists()
 
     def mark_complete(self) -> None:
-        atomic_write_text(self.path / COMPLETE_MARKER, datetime.datetime.now().isoformat() + "\n")
+        if self.is_writer:
+            atomic_write_text(
+                self.path / COMPLETE_MARKER, datetime.datetime.now().isoformat() + "\n"
+            )
 
     def write_json(self, name: str, obj: Any) -> Path:
-        return atomic_write_json(self.path / name, obj)
+        return atomic_write_json(self.path / name, obj) if self.is_writer else self.path / name
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return atomic_write_bytes(self.path / name, data) if self.is_writer else self.path / name
 
     def write_csv(
         self, name: str, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
     ) -> Path:
+        if not self.is_writer:
+            return self.path / name
         return atomic_write_csv(self.path / name, rows, fieldnames)
 
     def read_json(self, name: str, default: Any = None) -> Any:
@@ -370,6 +400,8 @@ class RunDir:
         return json.loads(p.read_text()) if p.exists() else default
 
     def save_figure(self, fig, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+        if not self.is_writer:
+            return [Path(f"{self.path / stem}.{fmt}") for fmt in formats]
         return save_figure(fig, self.path / stem, formats)
 
 

@@ -17,9 +17,18 @@ compiled program. Everything random is a pure function of ``(seed, step)``::
     batch_at_step = task.sample(jax.random.fold_in(k_data, step), B, T)
 
 so a run resumed from a checkpoint sees exactly the data an uninterrupted run
-sees, and reaches the same numbers. A seed whose loss or gradient becomes
-non-finite is frozen (its parameters stop changing) and flagged
-``diverged`` with the step; the other seeds carry on.
+sees, and reaches the same numbers. A seed whose loss, gradient or updated
+parameters become non-finite is frozen at its last finite parameters and
+flagged ``diverged`` with the step; the other seeds carry on, computing exactly
+what they would without it. Its history holds the non-finite values of that
+step and NaN afterwards (it no longer trains); :func:`divergence_reports`
+turns the flags into readable records.
+
+The seed axis is split across every visible device with ``jax.sharding``
+(:mod:`rnnlab.distributed`): :func:`train` pads the seeds to a multiple of the
+device count, places the state with ``NamedSharding(mesh, P("seeds"))`` and runs
+the jitted chunks partitioned over the mesh; on one device this is the plain
+single-device program.
 
 Example::
 
@@ -42,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnlab import initializers
+from rnnlab import distributed, initializers
 from rnnlab.cell import Array, Params, add_bias, check_cell
 from rnnlab.scan import scan
 from rnnlab.tasks import Batch, Task
@@ -136,6 +145,9 @@ class TrainFns(NamedTuple):
         ``metric``, ``success`` on ``cfg.eval_batch_size`` fresh sequences.
       apply: ``apply(params, inputs, lengths=None) -> outputs`` for one seed.
       optimizer: the optax transformation.
+      mesh: the one-axis ``("seeds",)`` device mesh ``train_chunk`` and
+        ``evaluate`` are partitioned over; their ``[S, ...]`` inputs need S a
+        multiple of its device count (:func:`train` and :func:`evaluate` pad).
     """
 
     init: Callable[[Array], TrainState]
@@ -143,6 +155,7 @@ class TrainFns(NamedTuple):
     evaluate: Callable[[ModelParams, Array], dict]
     apply: Callable[..., Array]
     optimizer: optax.GradientTransformation
+    mesh: Any = None
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -159,13 +172,21 @@ def seed_keys(seed: Array) -> tuple[Array, Array, Array]:
     return k_params, k_data, k_eval
 
 
-def make_train_fns(cell: Any, task: Task, cfg: TrainConfig) -> TrainFns:
+def make_train_fns(
+    cell: Any, task: Task, cfg: TrainConfig, *, devices: Sequence[Any] | None = None
+) -> TrainFns:
     """Builds the model, its pure train step and evaluation, vmapped over seeds.
+
+    ``train_chunk`` and ``evaluate`` are jitted with ``in_shardings`` and
+    ``out_shardings`` ``NamedSharding(mesh, P("seeds"))``, so their vmapped
+    programs are partitioned along the seed axis across ``devices``.
 
     Args:
       cell: any object with the Cell protocol.
       task: a :class:`rnnlab.tasks.Task`.
       cfg: the :class:`TrainConfig`.
+      devices: the devices to split the seeds across (default: all of
+        ``jax.devices()``, every host's).
 
     Returns:
       :class:`TrainFns`.
@@ -243,6 +264,9 @@ def make_train_fns(cell: Any, task: Task, cfg: TrainConfig) -> TrainFns:
             diverged_step=jnp.where(newly, state.step, state.diverged_step),
         )
         logs = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(params)}
+        # A frozen seed no longer trains: NaN keeps its later history from
+        # passing for training progress (the step it diverged at is kept).
+        logs = {k: jnp.where(state.diverged, jnp.nan, v) for k, v in logs.items()}
         return new_state, logs
 
     def chunk_one(state: TrainState, seed: Array, num_steps: int):
@@ -266,11 +290,14 @@ def make_train_fns(cell: Any, task: Task, cfg: TrainConfig) -> TrainFns:
         states = [init_one(int(s)) for s in np.asarray(seeds)]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
+    mesh = distributed.seed_mesh(devices)
+    by_seed = distributed.seed_sharding(mesh)
     train_chunk = jax.jit(
-        jax.vmap(chunk_one, in_axes=(0, 0, None)), static_argnums=2
+        jax.vmap(chunk_one, in_axes=(0, 0, None)), static_argnums=2,
+        in_shardings=(by_seed, by_seed), out_shardings=by_seed,
     )
-    evaluate = jax.jit(jax.vmap(evaluate_one))
-    return TrainFns(init, train_chunk, evaluate, apply, optimizer)
+    evaluate = jax.jit(jax.vmap(evaluate_one), in_shardings=by_seed, out_shardings=by_seed)
+    return TrainFns(init, train_chunk, evaluate, apply, optimizer, mesh)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -317,17 +344,19 @@ def train(
       chunk_size: steps per compiled chunk, and the checkpoint interval.
       checkpoint_dir: if given, the state and the history so far are saved
         there with orbax after every chunk, and a run finding a checkpoint
-        there resumes from it.
+        there resumes from it. The checkpoint holds the S real seeds only (no
+        device padding), so a run may resume on a different number of devices.
       callback: ``callback(step, state, history)`` after each chunk (and its
-        checkpoint); e.g. a progress bar. Raising :class:`TrainInterrupted`
+        checkpoint); e.g. a progress bar. ``state`` is the device state, sharded
+        over ``fns.mesh`` (leading axis S). Raising :class:`TrainInterrupted`
         stops the run, leaving the checkpoint.
       fns: reuse already built :class:`TrainFns` for this (cell, task, cfg) (saves
         a compile); ``cell`` may then be None.
 
     Returns:
-      ``(state, history)``: the final :class:`TrainState` (leaves ``[S, ...]``)
-      and ``history[k]`` numpy ``[S, num_steps]`` for ``k`` in
-      :data:`HISTORY_KEYS`.
+      ``(state, history)``: the final :class:`TrainState` (leaves ``[S, ...]``,
+      gathered from the devices) and ``history[k]`` numpy ``[S, num_steps]``
+      for ``k`` in :data:`HISTORY_KEYS`.
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be an int >= 0; received {num_steps!r}.")
@@ -335,9 +364,9 @@ def train(
         raise ValueError(f"chunk_size must be a positive int; received {chunk_size!r}.")
     seeds_np = _check_seeds(seeds)
     fns = fns or make_train_fns(cell, task, cfg)
-    seeds_j = jnp.asarray(seeds_np)
-    state = fns.init(seeds_j)
-    history = {k: np.full((seeds_np.size, num_steps), np.nan, np.float32) for k in HISTORY_KEYS}
+    num_seeds = seeds_np.size
+    state = fns.init(jnp.asarray(seeds_np))
+    history = {k: np.full((num_seeds, num_steps), np.nan, np.float32) for k in HISTORY_KEYS}
 
     manager = None
     if checkpoint_dir is not None:
@@ -346,30 +375,113 @@ def train(
         if latest is not None:
             state, history = _restore(manager, latest, state, history)
 
-    step = int(state.step[0])
+    mesh = fns.mesh if fns.mesh is not None else distributed.seed_mesh()
+    size = distributed.padded_size(num_seeds, mesh)
+
+    def to_devices(tree):
+        return distributed.shard_leading(distributed.pad_leading(tree, size), mesh)
+
+    def real(tree):  # the S real seeds of a padded, sharded tree
+        return tree if size == num_seeds else distributed.unpad_leading(tree, num_seeds)
+
+    state = to_devices(distributed.to_host(state))
+    seeds_dev = to_devices(seeds_np)
+    step = int(distributed.to_host(state.step)[0])
     while step < num_steps:
         n = min(chunk_size - step % chunk_size, num_steps - step)
-        state, logs = fns.train_chunk(state, seeds_j, n)
+        state, logs = fns.train_chunk(state, seeds_dev, n)
+        logs = distributed.unpad_leading(distributed.to_host(logs), num_seeds)
         for k in HISTORY_KEYS:
-            history[k][:, step:step + n] = np.asarray(logs[k])
+            history[k][:, step:step + n] = logs[k]
         step += n
         if manager is not None:
-            _save(manager, step, state, history)
+            _save(manager, step, distributed.unpad_leading(distributed.to_host(state), num_seeds),
+                  history)
         if callback is not None:
-            callback(step, state, history)
+            callback(step, real(state), history)
     if manager is not None:
         manager.close()
-    return state, history
+    final = distributed.unpad_leading(distributed.to_host(state), num_seeds)
+    return jax.tree.map(jnp.asarray, final), history
 
 
 def evaluate(fns: TrainFns, state: TrainState, seeds: Sequence[int]) -> dict[str, np.ndarray]:
     """Scores each seed's params on fresh sequences: ``[S]`` arrays ``loss``, ``metric``,
     ``success``, plus ``diverged`` and ``diverged_step`` from the state."""
-    out = fns.evaluate(state.params, jnp.asarray(_check_seeds(seeds)))
-    out = {k: np.asarray(v) for k, v in out.items()}
-    out["diverged"] = np.asarray(state.diverged)
-    out["diverged_step"] = np.asarray(state.diverged_step)
+    seeds_np = _check_seeds(seeds)
+    mesh = fns.mesh if fns.mesh is not None else distributed.seed_mesh()
+    size = distributed.padded_size(seeds_np.size, mesh)
+    params, seeds_dev = distributed.shard_leading(
+        distributed.pad_leading(distributed.to_host((state.params, seeds_np)), size), mesh)
+    out = fns.evaluate(params, seeds_dev)
+    out = distributed.unpad_leading(distributed.to_host(out), seeds_np.size)
+    out["diverged"] = np.asarray(distributed.to_host(state.diverged))
+    out["diverged_step"] = np.asarray(distributed.to_host(state.diverged_step))
     return out
+
+
+class DivergenceReport(NamedTuple):
+    """One seed's divergence, as :func:`divergence_reports` finds it.
+
+    Attributes:
+      cell: the cell's name (as the caller knows it, e.g. its registry name).
+      seed: the seed.
+      step: the step at which its loss, gradient or updated parameters first
+        became non-finite; its parameters are frozen at their values before
+        that step's update (the last finite ones).
+      loss_at_step: the loss at that step (maybe NaN/inf; None if not logged).
+      last_finite_loss: the last finite training loss at or before ``step``
+        (None if there was none).
+      last_finite_step: the step of ``last_finite_loss`` (None if none).
+    """
+
+    cell: str
+    seed: int
+    step: int
+    loss_at_step: float | None
+    last_finite_loss: float | None
+    last_finite_step: int | None
+
+    def message(self) -> str:
+        last = ("no finite loss before it" if self.last_finite_loss is None else
+                f"last finite loss {self.last_finite_loss:.6g} at step {self.last_finite_step}")
+        return (f"{self.cell}: seed {self.seed} diverged at step {self.step} (non-finite loss, "
+                f"gradient or update; loss there {self.loss_at_step}); {last}; its parameters are "
+                f"frozen at their last finite values and the other seeds trained on.")
+
+
+def divergence_reports(
+    state: TrainState, history: dict, seeds: Sequence[int], cell: str = "cell"
+) -> list[DivergenceReport]:
+    """A :class:`DivergenceReport` for each diverged seed of a :func:`train` result.
+
+    Args:
+      state: the final state (leaves ``[S, ...]``).
+      history: ``history["loss"] [S, num_steps]`` from :func:`train`.
+      seeds: the S seeds, in order.
+      cell: a name for messages.
+
+    Returns:
+      One report per diverged seed, in seed order (empty if none diverged).
+    """
+    diverged = np.asarray(distributed.to_host(state.diverged))
+    at = np.asarray(distributed.to_host(state.diverged_step))
+    loss = np.asarray(history["loss"])
+    reports = []
+    for i, seed in enumerate(_check_seeds(seeds).tolist()):
+        if not diverged[i]:
+            continue
+        step = int(at[i])
+        upto = loss[i, : step + 1]
+        finite = np.flatnonzero(np.isfinite(upto))
+        last = int(finite[-1]) if finite.size else None
+        reports.append(DivergenceReport(
+            cell=cell, seed=seed, step=step,
+            loss_at_step=float(upto[step]) if step < loss.shape[1] else None,
+            last_finite_loss=None if last is None else float(upto[last]),
+            last_finite_step=last,
+        ))
+    return reports
 
 
 def clear_checkpoints(checkpoint_dir: str | Path) -> None:
