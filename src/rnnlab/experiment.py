@@ -22,6 +22,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import inspect
 import io
 import json
 import os
@@ -206,7 +207,7 @@ def build_parser(config_cls: type, *, prog: str | None = None) -> argparse.Argum
     presets: Mapping[str, Mapping[str, Any]] = getattr(config_cls, "PRESETS", {})
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=(config_cls.__doc__ or "").strip(),
+        description=inspect.cleandoc(config_cls.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     group = parser.add_argument_group("config (each field of the config dataclass)")
