@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnlab import fused
 from rnnlab.cell import (
     Array,
     Carry,
@@ -117,6 +118,7 @@ def scan(
     time_axis: int = 0,
     unroll: int | bool = 1,
     mode: str = "sequential",
+    remat: int | bool = False,
 ) -> tuple[Carry, Any]:
     r"""Runs ``cell`` over the time axis of ``xs`` with one ``jax.lax.scan`` (or a parallel scan).
 
@@ -175,6 +177,16 @@ def scan(
         parallel results differ by rounding) and because the parallel form
         holds all T coefficients in memory at once; which mode is faster
         depends on the device and the sizes (``benchmarks/parallel_scan.py``).
+      remat: checkpointed backpropagation through time (sequential mode only).
+        ``False`` (default): the backward pass keeps every step's
+        intermediates, O(T) memory. An int ``k``: the steps run in chunks of
+        ``k`` (a scan over chunks, each chunk a ``jax.checkpoint``-ed scan of
+        ``k`` steps), so the backward pass stores only the carry at each
+        chunk boundary and recomputes one chunk's intermediates at a time:
+        memory O(T/k + k) carries for about one extra forward pass of compute.
+        ``True``: ``k = ceil(sqrt(T))``, the memory-optimal choice. Values and
+        gradients equal those without remat (same operations, recomputed).
+        Memory still holds the inputs and outputs themselves.
 
     Returns:
       ``(final_carry, ys)``, ``ys`` with the time axis at ``time_axis``, e.g.
@@ -184,7 +196,8 @@ def scan(
       TypeError: ``cell`` lacks the protocol, ``xs`` is not real floating, or
         ``lengths`` is not integer.
       ValueError: shapes do not match (``xs`` rank, ``carry``, ``lengths``),
-        concrete ``lengths`` fall outside ``[0, T]``, ``mode`` is unknown, or
+        concrete ``lengths`` fall outside ``[0, T]``, ``mode`` is unknown,
+        ``remat`` is not a bool or positive int, or
         ``mode="parallel"`` for a cell without the parallel form.
     """
     check_cell(cell)
@@ -199,8 +212,15 @@ def scan(
             f"or mode='auto'."
         )
     parallel = parallel and mode != "sequential"
+    if isinstance(remat, bool) or remat is None:
+        remat = bool(remat)
+    elif not isinstance(remat, (int, np.integer)) or remat < 1:
+        raise ValueError(f"remat must be a bool or a positive int; received {remat!r}.")
     xs = jnp.asarray(xs)
     check_float_input(xs, "xs")
+    from rnnlab import checks  # opt-in NaN/Inf checks, a no-op unless turned on
+
+    checks.check_finite_args("scan", xs=xs, params=params, carry=carry)
     if xs.ndim < 2:
         raise ValueError(
             f"xs must have a time axis and a feature axis, e.g. [T, F] or [T, B, F]; "
@@ -222,15 +242,32 @@ def scan(
         ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
         return carry, ys
 
+    gated = fused.get_gated(cell) if fused.ENABLED and remat is False else None
     prepare = getattr(cell, "prepare", None)
-    if callable(prepare):
+    if callable(prepare) and gated is None:
         # Loop-invariant work on the params (e.g. a matrix exponential), done
         # once here: inside the body its derivative would be transposed at
         # every step of the backward pass.
         params = prepare(params)
-    if lengths is None:
-        carry, ys = jax.lax.scan(
-            lambda c, x: cell.step(params, c, x), carry, xs, reverse=reverse, unroll=unroll
+    if gated is not None:
+        # Same values as the loop below; a hand-written derivative whose weight
+        # gradients are one matmul over all steps (rnnlab.fused).
+        valid = None
+        if lengths is not None:
+            lengths = _check_lengths(lengths, batch_shape, num_steps)
+            t = jnp.arange(num_steps).reshape((-1,) + (1,) * lengths.ndim)
+            valid = t < lengths[None]  # [T, *batch]
+        flip = (lambda a: jnp.flip(a, 0)) if lengths is None else (
+            lambda a: _flip_valid(a, lengths))
+        if reverse:
+            xs = flip(xs)
+        carry, ys = fused.gated_scan(gated, params, carry, xs, valid, unroll=unroll)
+        if reverse:
+            ys = jax.tree.map(flip, ys)
+    elif lengths is None:
+        carry, ys = _loop(
+            lambda c, x: cell.step(params, c, x), carry, xs,
+            reverse=reverse, unroll=unroll, remat=remat,
         )
     else:
         lengths = _check_lengths(lengths, batch_shape, num_steps)
@@ -245,11 +282,54 @@ def scan(
             y = jax.tree.map(lambda v: jnp.where(_expand(valid, v), v, jnp.zeros_like(v)), y)
             return new_c, y
 
-        carry, ys = jax.lax.scan(body, carry, (jnp.arange(num_steps), xs), unroll=unroll)
+        carry, ys = _loop(
+            body, carry, (jnp.arange(num_steps), xs), reverse=False, unroll=unroll, remat=remat
+        )
         if reverse:
             ys = jax.tree.map(lambda y: _flip_valid(y, lengths), ys)
 
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
+    return carry, ys
+
+
+def _loop(
+    body: Callable, carry: Carry, xs: Any, *, reverse: bool, unroll: int | bool, remat: int | bool
+) -> tuple[Carry, Any]:
+    """``jax.lax.scan(body, carry, xs)``, optionally checkpointed in chunks (see ``scan``'s remat).
+
+    With ``remat=k`` the first ``(T // k) * k`` steps run as an outer scan over
+    ``T // k`` chunks, each a ``jax.checkpoint``-ed inner scan of ``k`` steps;
+    the last ``T % k`` steps run as one more checkpointed scan (first, when
+    ``reverse``), so any T works without padding the sequence.
+    """
+    num_steps = jax.tree.leaves(xs)[0].shape[0]
+    if remat is False or num_steps == 0:
+        return jax.lax.scan(body, carry, xs, reverse=reverse, unroll=unroll)
+    k = max(1, int(np.ceil(np.sqrt(num_steps)))) if remat is True else int(remat)
+    k = min(k, num_steps)
+    num_chunks, rest = divmod(num_steps, k)
+    main = num_chunks * k
+
+    @jax.checkpoint
+    def chunk(c, xs_chunk):
+        return jax.lax.scan(body, c, xs_chunk, reverse=reverse, unroll=unroll)
+
+    def run_main(c, xs_main):
+        xs_main = jax.tree.map(lambda x: x.reshape((num_chunks, k) + x.shape[1:]), xs_main)
+        c, ys = jax.lax.scan(chunk, c, xs_main, reverse=reverse)
+        return c, jax.tree.map(lambda y: y.reshape((main,) + y.shape[2:]), ys)
+
+    head = jax.tree.map(lambda x: x[:main], xs)
+    if not rest:
+        return run_main(carry, head)
+    tail = jax.tree.map(lambda x: x[main:], xs)
+    if reverse:
+        carry, ys_tail = chunk(carry, tail)
+        carry, ys_head = run_main(carry, head)
+    else:
+        carry, ys_head = run_main(carry, head)
+        carry, ys_tail = chunk(carry, tail)
+    ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), ys_head, ys_tail)
     return carry, ys
 
 

@@ -17,6 +17,7 @@ from rnnlab.cell import (
     check_input_size,
     check_positive_int,
 )
+from rnnlab.fused import GatedRecurrence
 
 Array = jax.Array
 
@@ -86,10 +87,26 @@ def elman(
         batch_shape = check_batch_shape(batch_shape)
         return jnp.zeros(batch_shape + params.W_h.shape[:1], params.W_h.dtype)
 
+    def input_part(params: ElmanParams, x: Array) -> Array:
+        check_input_size(x, params.W_x.shape[0])
+        return add_bias(x @ params.W_x, params.b)  # [..., H]
+
+    def recurrent_part(params: ElmanParams, h: Array) -> Array:
+        return h @ params.W_h  # [..., H]
+
+    def pointwise(gx: Array, gh: Array, h: Array) -> tuple[Array, Array]:
+        h = act(gx + gh)
+        return h, h
+
     def step(params: ElmanParams, h: Array, x: Array) -> tuple[Array, Array]:
         check_input_size(x, params.W_x.shape[0])
-        h = act(add_bias(x @ params.W_x + h @ params.W_h, params.b))
+        # One matmul [x, h] [W_x; W_h] rather than two (see rnnlab.lstm).
+        xh = jnp.concatenate([x, h], axis=-1)
+        h = act(add_bias(xh @ jnp.concatenate([params.W_x, params.W_h], axis=0), params.b))
         return h, h
+
+    # The same step as three pieces, for rnnlab.fused's whole-sequence derivative.
+    step.gated = GatedRecurrence(input_part, recurrent_part, pointwise, lambda h: h)
 
     return Cell(init, initial_carry, step)
 

@@ -1,0 +1,539 @@
+"""The speed suite: rnnlab's scanned cells against flax.linen.RNN and PyTorch, on one device.
+
+For each cell (lstm, gru, elman) x size (small, medium, large) x pass (forward;
+forward+backward = gradient of the mean-squared outputs w.r.t. params and
+inputs), every implementation runs in the same process with the same thread
+count: compile (timed separately), warm up, then the median of ``repeats``
+timed calls. Alongside:
+
+- **GEMM fraction**: a large float32 matmul is timed in the same run; each
+  implementation's achieved FLOP rate (the cell's matmul FLOPs: ``2 (F + H) G H``
+  per step and sequence for G gate blocks, x3 for forward+backward) over it.
+- **compile time vs T** (should stay flat: one ``lax.scan``, not an unrolled loop).
+- **memory vs T with and without remat**: XLA's own buffer plan for
+  forward+backward (``compiled.memory_analysis()``: arguments + outputs +
+  temporaries), and the measured time of each remat setting.
+- **carry_grad_norms cost** relative to one plain backward pass.
+- optionally (``--long-run``) one forward+backward of an LSTM at T=100,000 in a
+  fresh process, reporting its peak resident memory.
+
+    python benchmarks/run.py              # everything, minutes
+    python benchmarks/run.py --quick      # tiny sizes, seconds (what the test runs)
+    python benchmarks/run.py --frameworks rnnlab,flax --cells lstm
+
+Writes ``suite.json`` and ``suite.md`` into ``benchmarks/results/`` (or ``--out``).
+PyTorch is used only if importable (``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+import rnnlab
+from rnnlab import experiment
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+PASSES = ("forward", "forward+backward")
+SIZES: dict[str, tuple[int, int, int, int]] = {  # name -> (T, B, F, H)
+    "tiny": (8, 2, 3, 4),
+    "small": (1000, 16, 1, 64),
+    "medium": (100, 32, 32, 128),
+    "large": (500, 64, 64, 256),
+}
+GATES = {"lstm": 4, "gru": 3, "elman": 1}
+REGISTRY_NAMES = {"lstm": "lstm", "gru": "gru", "elman": "elman-tanh"}  # as torch/flax defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteBenchmark:
+    """python benchmarks/run.py [--quick] — rnnlab vs flax.linen.RNN vs PyTorch on this CPU.
+
+    Expect compile time flat in T, remat memory O(sqrt T) against O(T), and the
+    ratios to PyTorch printed per cell and size (the targets: forward+backward
+    <= 0.8x PyTorch, forward <= 1.0x, never slower than flax)."""
+
+    cells: tuple[str, ...] = dataclasses.field(
+        default=("lstm", "gru", "elman"), metadata={"help": "lstm, gru, elman"})
+    sizes: tuple[str, ...] = dataclasses.field(
+        default=("small", "medium", "large"), metadata={"help": f"of {tuple(SIZES)}"})
+    frameworks: tuple[str, ...] = dataclasses.field(
+        default=("rnnlab", "rnnlab-fused", "flax", "torch"),
+        metadata={"help": "rnnlab, rnnlab-fused, flax, torch (torch skipped if not importable)"})
+    repeats: int = dataclasses.field(default=7, metadata={"help": "timed calls; median reported"})
+    warmup: int = dataclasses.field(default=2, metadata={"help": "untimed calls after compiling"})
+    gemm_size: int = dataclasses.field(default=2048, metadata={"help": "N of the N x N matmul"})
+    compile_lengths: tuple[int, ...] = dataclasses.field(
+        default=(10, 100, 1000, 10000), metadata={"help": "T for compile time vs T ([] skips)"})
+    memory_lengths: tuple[int, ...] = dataclasses.field(
+        default=(1000, 10000, 100000), metadata={"help": "T for memory vs T ([] skips)"})
+    memory_size: tuple[int, int, int] = dataclasses.field(
+        default=(32, 1, 256), metadata={"help": "B,F,H of the memory study (an LSTM)"})
+    remat_timing_length: int = dataclasses.field(
+        default=2000, metadata={"help": "T at which each remat setting is also timed"})
+    diagnostics: bool = dataclasses.field(
+        default=True, metadata={"help": "time carry_grad_norms against a plain backward"})
+    long_run: bool = dataclasses.field(
+        default=False, metadata={"help": "also run T=100000 with remat in a fresh process"})
+    seed: int = 0
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": dict(sizes=("tiny",), repeats=2, warmup=1, gemm_size=128,
+                      compile_lengths=(10, 100), memory_lengths=(64, 256),
+                      memory_size=(2, 1, 8), remat_timing_length=64),
+    }
+
+    def __post_init__(self):
+        for c in self.cells:
+            if c not in GATES:
+                raise ValueError(f"unknown cell {c!r}; choose from {tuple(GATES)}.")
+        for s in self.sizes:
+            if s not in SIZES:
+                raise ValueError(f"unknown size {s!r}; choose from {tuple(SIZES)}.")
+        for f in self.frameworks:
+            if f not in FRAMEWORKS:
+                raise ValueError(f"unknown framework {f!r}; choose from {tuple(FRAMEWORKS)}.")
+        if self.repeats < 1 or self.warmup < 0 or self.gemm_size < 1:
+            raise ValueError("repeats >= 1, warmup >= 0 and gemm_size >= 1 are required.")
+        if len(self.memory_size) != 3:
+            raise ValueError("memory_size is B,F,H.")
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def median_time(call: Callable[[], Any], *, warmup: int, repeats: int) -> dict[str, Any]:
+    """Median wall time of ``call()`` (which must block until its result is ready)."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "times_s": times}
+
+
+def _jax_timed(fn, args, warmup, repeats) -> dict[str, Any]:
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    out = median_time(lambda: jax.block_until_ready(compiled(*args)),
+                      warmup=warmup, repeats=repeats)
+    return {"compile_s": compile_s, **out}
+
+
+def _mse(ys):
+    return jnp.mean(jnp.square(ys))
+
+
+def _jax_passes(forward: Callable, params, xs) -> dict[str, Callable]:
+    """forward(params, xs) -> ys, and value_and_grad of the MSE w.r.t. params and xs."""
+    return {
+        "forward": forward,
+        "forward+backward": jax.value_and_grad(lambda p, x: _mse(forward(p, x)), argnums=(0, 1)),
+    }
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def bench_rnnlab(cell_name, T, B, F, H, key, warmup, repeats, *, fused_path=False):
+    cell = rnnlab.registry.get(REGISTRY_NAMES[cell_name], H)
+    params = cell.init(key, F)
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
+    fns = _jax_passes(lambda p, x: rnnlab.scan(cell, p, x)[1], params, xs)
+    previous = rnnlab.fused.ENABLED
+    rnnlab.fused.ENABLED = fused_path  # read while tracing, i.e. inside _jax_timed's compile
+    try:
+        return {k: _jax_timed(f, (params, xs), warmup, repeats) for k, f in fns.items()}
+    finally:
+        rnnlab.fused.ENABLED = previous
+
+
+_FLAX_CELLS = {
+    "lstm": "OptimizedLSTMCell",
+    "gru": "GRUCell",
+    "elman": "SimpleCell",
+}
+
+
+def bench_flax(cell_name, T, B, F, H, key, warmup, repeats):
+    import flax.linen as nn
+
+    model = nn.RNN(getattr(nn, _FLAX_CELLS[cell_name])(H), time_major=True)
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
+    params = model.init(key, xs)
+    fns = _jax_passes(model.apply, params, xs)
+    return {k: _jax_timed(f, (params, xs), warmup, repeats) for k, f in fns.items()}
+
+
+def bench_torch(cell_name, T, B, F, H, key, warmup, repeats):
+    import torch
+
+    torch.manual_seed(0)
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}[cell_name](F, H)
+    x = torch.randn(T, B, F, requires_grad=True)
+    params = list(module.parameters())
+
+    def forward():
+        with torch.no_grad():
+            module(x)
+
+    def forward_backward():
+        ys, _ = module(x)
+        torch.autograd.grad(ys.square().mean(), [*params, x])
+
+    return {
+        "forward": {"compile_s": 0.0, **median_time(forward, warmup=warmup, repeats=repeats)},
+        "forward+backward": {
+            "compile_s": 0.0,
+            **median_time(forward_backward, warmup=warmup, repeats=repeats),
+        },
+    }
+
+
+FRAMEWORKS = {
+    "rnnlab": bench_rnnlab,
+    # rnnlab.scan with rnnlab.fused's hand-written whole-sequence derivative (off by default).
+    "rnnlab-fused": functools.partial(bench_rnnlab, fused_path=True),
+    "flax": bench_flax,
+    "torch": bench_torch,
+}
+
+
+def torch_available() -> bool:
+    """Whether PyTorch is installed, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def cell_flops(cell_name: str, T: int, B: int, F: int, H: int, pass_: str) -> float:
+    """Matmul FLOPs: forward 2 (F + H) G H per step and sequence; backward twice that."""
+    forward = 2.0 * T * B * (F + H) * GATES[cell_name] * H
+    return forward if pass_ == "forward" else 3.0 * forward
+
+
+def gemm_throughput(n: int, warmup: int, repeats: int, use_torch: bool) -> dict[str, Any]:
+    """FLOP/s of an ``n x n`` float32 matmul, in JAX (and PyTorch if present)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    res = _jax_timed(jnp.matmul, (a, a), warmup, max(repeats, 5))
+    out = {"n": n, "jax_flops": 2.0 * n**3 / res["median_s"]}
+    if use_torch:
+        import torch
+
+        t = torch.randn(n, n)
+        tt = median_time(lambda: torch.mm(t, t), warmup=warmup, repeats=max(repeats, 5))
+        out["torch_flops"] = 2.0 * n**3 / tt["median_s"]
+    out["reference_flops"] = max(v for k, v in out.items() if k.endswith("_flops"))
+    return out
+
+
+# ----------------------------------------------------------------------------- studies
+
+
+def compile_vs_length(lengths, warmup) -> list[dict[str, Any]]:
+    """Compile time of an LSTM's forward+backward (medium width) against T."""
+    rows = []
+    _, B, F, H = SIZES["medium"]
+    cell = rnnlab.lstm(H)
+    params = cell.init(jax.random.key(0), F)
+    for T in lengths:
+        xs = jnp.zeros((T, B, F))
+        fn = _jax_passes(lambda p, x: rnnlab.scan(cell, p, x)[1], params, xs)["forward+backward"]
+        start = time.perf_counter()
+        jax.jit(fn).lower(params, xs).compile()
+        rows.append({"T": T, "compile_s": time.perf_counter() - start})
+        print(f"compile  T={T:6d}  {rows[-1]['compile_s']:.3f} s", flush=True)
+    return rows
+
+
+def _final_state_loss(cell, remat):
+    # The loss reads only the last hidden state, so the outputs [T, B, H] need
+    # not be kept: what remains is what BPTT itself stores.
+    def loss(p, x):
+        carry, _ = rnnlab.scan(cell, p, x, remat=remat)
+        return jnp.mean(jnp.square(carry.h))
+
+    return jax.value_and_grad(loss, argnums=(0, 1))
+
+
+def memory_vs_length(lengths, size, timing_length, warmup, repeats) -> list[dict[str, Any]]:
+    """XLA's planned memory (and, at ``timing_length``, the time) of LSTM BPTT per remat."""
+    B, F, H = size
+    cell = rnnlab.lstm(H)
+    params = cell.init(jax.random.key(0), F)
+    rows = []
+    for T in sorted(set(lengths) | {timing_length}):
+        for remat in (False, True, 100):
+            if isinstance(remat, int) and not isinstance(remat, bool) and remat >= T:
+                continue
+            xs = jnp.zeros((T, B, F))
+            lowered = jax.jit(_final_state_loss(cell, remat)).lower(params, xs)
+            start = time.perf_counter()
+            compiled = lowered.compile()
+            compile_s = time.perf_counter() - start
+            mem = compiled.memory_analysis()
+            total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            row = {"T": T, "remat": remat, "compile_s": compile_s,
+                   "temp_bytes": mem.temp_size_in_bytes, "total_bytes": total}
+            if T == timing_length:
+                row.update(median_time(
+                    lambda c=compiled, x=xs: jax.block_until_ready(c(params, x)),
+                    warmup=warmup, repeats=repeats))
+            rows.append(row)
+            extra = f"  {1e3 * row['median_s']:9.2f} ms" if "median_s" in row else ""
+            print(f"memory   T={T:6d} remat={remat!s:5s}  {total / 2**20:10.1f} MiB{extra}",
+                  flush=True)
+    return rows
+
+
+def diagnostics_cost(warmup, repeats, size="medium") -> dict[str, Any]:
+    """carry_grad_norms against jax.grad of the same loss w.r.t. the params (LSTM)."""
+    T, B, F, H = SIZES[size]
+    cell = rnnlab.lstm(H)
+    params = cell.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (T, B, F))
+
+    def loss_fn(ys, carry):
+        return jnp.mean(jnp.square(ys))
+
+    def plain(p, x):
+        return jax.grad(lambda p: loss_fn(*rnnlab.scan(cell, p, x)[::-1]))(p)
+
+    def norms(p, x):
+        return rnnlab.diagnostics.carry_grad_norms(cell, p, x, loss_fn)
+
+    a = _jax_timed(plain, (params, xs), warmup, repeats)
+    b = _jax_timed(norms, (params, xs), warmup, repeats)
+    out = {"size": size, "backward_s": a["median_s"], "carry_grad_norms_s": b["median_s"],
+           "ratio": b["median_s"] / a["median_s"]}
+    print(f"carry_grad_norms / backward = {out['ratio']:.2f}", flush=True)
+    return out
+
+
+LONG_RUN_CODE = """
+import json, resource, sys, time
+from pathlib import Path
+try:  # forget the peak RSS inherited from the (large) parent at fork: Linux's clear_refs
+    Path("/proc/self/clear_refs").write_text("5")
+except OSError:
+    pass
+import jax, jax.numpy as jnp, rnnlab
+sys.path.insert(0, {here!r})
+from run import _final_state_loss
+T, B, F, H = {T}, {B}, {F}, {H}
+cell = rnnlab.lstm(H)
+params = cell.init(jax.random.key(0), F)
+xs = jax.random.normal(jax.random.key(1), (T, B, F))
+fn = jax.jit(_final_state_loss(cell, True))
+compiled = fn.lower(params, xs).compile()
+start = time.perf_counter()
+jax.block_until_ready(compiled(params, xs))
+elapsed = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = int(next(l for l in status if l.startswith("VmHWM")).split()[1]) * 1024
+except (OSError, StopIteration):
+    pass
+print(json.dumps({{"T": T, "B": B, "F": F, "H": H, "remat": "sqrt",
+    "seconds": elapsed, "peak_rss_bytes": peak}}))
+"""
+
+
+def long_run(T=100_000, B=32, F=1, H=256) -> dict[str, Any]:
+    code = LONG_RUN_CODE.format(here=str(Path(__file__).resolve().parent), T=T, B=B, F=F, H=H)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": proc.stderr[-2000:]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"long run T={T}: {out['seconds']:.1f} s, peak RSS "
+          f"{out['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"processor": platform.processor()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cores"] = os.cpu_count()
+    try:
+        info["affinity_cores"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(config: SuiteBenchmark) -> dict[str, Any]:
+    frameworks = [f for f in config.frameworks if f != "torch" or torch_available()]
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if "torch" in frameworks:
+        import torch
+
+        torch.set_num_threads(threads)
+    use_torch = "torch" in frameworks
+    gemm_start = gemm_throughput(config.gemm_size, config.warmup, config.repeats, use_torch)
+    print(f"GEMM {config.gemm_size}^2: {gemm_start['reference_flops'] / 1e9:.1f} GFLOP/s",
+          flush=True)
+    key = jax.random.key(config.seed)
+    rows = []
+    for cell_name in config.cells:
+        for size in config.sizes:
+            T, B, F, H = SIZES[size]
+            results = {f: FRAMEWORKS[f](cell_name, T, B, F, H, key, config.warmup,
+                                        config.repeats) for f in frameworks}
+            for pass_ in PASSES:
+                row = {"cell": cell_name, "size": size, "T": T, "B": B, "F": F, "H": H,
+                       "pass": pass_, "flops": cell_flops(cell_name, T, B, F, H, pass_)}
+                for f in frameworks:
+                    row[f] = dict(results[f][pass_])
+                for other in ("rnnlab-fused", "flax", "torch"):
+                    if "rnnlab" in row and other in row:
+                        row[f"rnnlab/{other}"] = row["rnnlab"]["median_s"] / row[other]["median_s"]
+                rows.append(row)
+                print(_line(row, frameworks), flush=True)
+    # The machine is shared: GEMM is timed before and after the table and the
+    # faster of the two is the reference, so a busy moment cannot inflate the fractions.
+    gemm_end = gemm_throughput(config.gemm_size, config.warmup, config.repeats, use_torch)
+    gemm = {"n": config.gemm_size, "start": gemm_start, "end": gemm_end,
+            "reference_flops": max(gemm_start["reference_flops"], gemm_end["reference_flops"])}
+    print(f"GEMM reference (max of start, end): {gemm['reference_flops'] / 1e9:.1f} GFLOP/s",
+          flush=True)
+    for row in rows:
+        for f in frameworks:
+            row[f]["gemm_fraction"] = row["flops"] / row[f]["median_s"] / gemm["reference_flops"]
+    out: dict[str, Any] = {"gemm": gemm, "threads": threads, "frameworks": frameworks,
+                           "results": rows}
+    if config.compile_lengths:
+        out["compile_vs_T"] = compile_vs_length(config.compile_lengths, config.warmup)
+    if config.memory_lengths:
+        out["memory_vs_T"] = memory_vs_length(config.memory_lengths, config.memory_size,
+                                              config.remat_timing_length, config.warmup,
+                                              config.repeats)
+    if config.diagnostics:
+        out["carry_grad_norms"] = diagnostics_cost(
+            config.warmup, config.repeats, "tiny" if config.sizes == ("tiny",) else "medium")
+    if config.long_run:
+        out["long_run"] = long_run()
+    return out
+
+
+def _line(row, frameworks) -> str:
+    parts = [f"{row['cell']:5s} {row['size']:6s} {row['pass']:16s}"]
+    for f in frameworks:
+        parts.append(f"{f} {1e3 * row[f]['median_s']:9.3f} ms")
+    for other in ("rnnlab-fused", "flax", "torch"):
+        if f"rnnlab/{other}" in row:
+            parts.append(f"rnnlab/{other} {row[f'rnnlab/{other}']:.2f}")
+    return "  ".join(parts)
+
+
+def markdown(config: SuiteBenchmark, env: dict[str, Any], machine, out) -> str:
+    fw = out["frameworks"]
+    lines = [
+        "# rnnlab speed suite",
+        "",
+        f"Machine: {machine.get('cpu_model', '?')}, {machine['cores']} cores "
+        f"({out['threads']} threads used by every framework), load average at start "
+        f"{', '.join(f'{x:.2f}' for x in machine.get('load_average', ()))}, at end "
+        f"{', '.join(f'{x:.2f}' for x in machine.get('load_average_end', ()))} (a shared "
+        "machine: other jobs ran during the measurement, so single entries can be outliers; "
+        "PyTorch's OpenMP threads suffer most when cores are oversubscribed); "
+        f"{env['device_kind']} ({env['backend']}); jax {env['jax']}, flax {env.get('flax', '?')}, "
+        f"torch {env.get('torch', 'absent')}; {env['time_utc']}.",
+        "",
+        f"float32; median of {config.repeats} calls after {config.warmup} warm-up calls "
+        "(compilation excluded). forward+backward = gradient of mean(ys^2) w.r.t. params and "
+        f"inputs. GEMM reference: {out['gemm']['reference_flops'] / 1e9:.1f} GFLOP/s "
+        f"({out['gemm']['n']}^2 float32 matmul); % = the cell's matmul FLOPs per second "
+        "over it. rnnlab/X < 1: rnnlab is faster.",
+        "",
+        "| cell | size (T,B,F,H) | pass | " + " | ".join(f"{f} ms (% GEMM)" for f in fw)
+        + " | rnnlab/rnnlab-fused | rnnlab/flax | rnnlab/torch |",
+        "|---|---|---|" + "---:|" * (len(fw) + 3),
+    ]
+    for r in out["results"]:
+        cells = [f"{1e3 * r[f]['median_s']:.3f} ({100 * r[f]['gemm_fraction']:.1f}%)"
+                 for f in fw]
+        ratios = [f"{r[k]:.2f}" if k in r else "-"
+                  for k in ("rnnlab/rnnlab-fused", "rnnlab/flax", "rnnlab/torch")]
+        lines.append(f"| {r['cell']} | {r['size']} ({r['T']},{r['B']},{r['F']},{r['H']}) | "
+                     f"{r['pass']} | " + " | ".join(cells + ratios) + " |")
+    if "compile_vs_T" in out:
+        lines += ["", "## Compile time vs T (LSTM forward+backward, medium width)", "",
+                  "| T | compile (s) |", "|---:|---:|"]
+        lines += [f"| {r['T']} | {r['compile_s']:.3f} |" for r in out["compile_vs_T"]]
+    if "memory_vs_T" in out:
+        B, F, H = config.memory_size
+        lines += ["", f"## Memory vs T, LSTM B={B} F={F} H={H}, forward+backward, loss on the "
+                  "final state", "",
+                  "XLA's buffer plan (arguments + outputs + temporaries). remat=True: chunks of "
+                  "ceil(sqrt T) steps; remat=100: chunks of 100.", "",
+                  "| T | remat | memory (MiB) | time (ms) |", "|---:|---|---:|---:|"]
+        for r in out["memory_vs_T"]:
+            t = f"{1e3 * r['median_s']:.2f}" if "median_s" in r else "-"
+            lines.append(f"| {r['T']} | {r['remat']} | {r['total_bytes'] / 2**20:.1f} | {t} |")
+    if "carry_grad_norms" in out:
+        d = out["carry_grad_norms"]
+        lines += ["", f"## carry_grad_norms (LSTM, {d['size']}): "
+                  f"{1e3 * d['carry_grad_norms_s']:.2f} ms against {1e3 * d['backward_s']:.2f} ms "
+                  "for jax.grad w.r.t. the params: "
+                  f"{d['ratio']:.2f}x"]
+    if "long_run" in out:
+        lines += ["", f"## Long run: `{json.dumps(out['long_run'])}`"]
+    lines += ["", "Command: `" + " ".join(["python", *sys.argv]) + "`", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    config, ns = experiment.parse_config(SuiteBenchmark, argv, prog="python benchmarks/run.py")
+    machine = machine_info()
+    env = experiment.environment_info()
+    if "torch" in config.frameworks and torch_available():
+        import torch
+
+        env["torch"] = torch.__version__
+    print(f"machine: {machine}\njax {env['jax']} ({env['backend']}), flax {env.get('flax')}, "
+          f"torch {env.get('torch', 'absent')}", flush=True)
+    out = run(config)
+    machine["load_average_end"] = os.getloadavg()
+    dest = Path(ns.out) if ns.out else DEFAULT_OUT
+    stem = "suite_quick" if ns.preset == "quick" else "suite"
+    experiment.atomic_write_json(dest / f"{stem}.json", {"config": config, "environment": env,
+                                                         "machine": machine, **out})
+    experiment.atomic_write_text(dest / f"{stem}.md", markdown(config, env, machine, out))
+    print(f"wrote {dest / (stem + '.md')} and {dest / (stem + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
