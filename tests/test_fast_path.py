@@ -87,9 +87,18 @@ def test_the_cells_have_the_fast_path_and_wrappers_do_not():
     assert fused.get_gated(rnnlab.gru(H, reset_after=False)) is None
 
 
-@pytest.mark.parametrize("option", OPTIONS)
-@pytest.mark.parametrize("name", GATED)
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def _cases():
+    # The fast path is off by default (rnnlab.fused.ENABLED), so the default run
+    # keeps float32 LSTM and GRU with every option; the rest run with -m slow.
+    for dtype in ("float32", "float64"):
+        for name in GATED:
+            for option in OPTIONS:
+                fast = dtype == "float32" and name in ("lstm", "gru")
+                marks = () if fast else (pytest.mark.slow,)
+                yield pytest.param(name, option, dtype, marks=marks, id=f"{dtype}-{name}-{option}")
+
+
+@pytest.mark.parametrize("name, option, dtype", list(_cases()))
 def test_fast_path_equals_reference(name, option, dtype, fast_path):
     with jax.enable_x64(dtype == "float64"):
         dt = jnp.dtype(dtype)
@@ -156,7 +165,10 @@ REMAT_CELLS = {
 }
 
 
-@pytest.mark.parametrize("option", ["plain", "lengths-reverse", "time_axis"])
+@pytest.mark.parametrize(
+    "option", ["lengths-reverse", pytest.param("plain", marks=pytest.mark.slow),
+               pytest.param("time_axis", marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("name", REMAT_CELLS)
 def test_remat_equals_no_remat(name, option):
     cell = REMAT_CELLS[name]()
@@ -203,6 +215,7 @@ def test_remat_rejects_bad_values():
 # ----------------------------------------------------------------------------- benchmark
 
 
+@pytest.mark.slow  # ~13 s: a subprocess that imports flax and compiles every framework
 def test_benchmark_suite_runs_quick(tmp_path):
     """benchmarks/run.py --quick runs end to end (numbers are never asserted)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
