@@ -166,3 +166,13 @@ def test_bad_inputs_raise_with_names(lstm_case):
         rnnlab.scan(cell, params, xs, time_axis=2)
     with pytest.raises(TypeError, match="Cell protocol"):
         rnnlab.scan(lambda x: x, params, xs)
+
+
+def test_float64_inputs_with_float32_params_is_a_clear_error(lstm_case, x64):
+    del x64
+    cell, params, xs = lstm_case
+    with pytest.raises(TypeError, match=r"xs \(dtype float64\).*float32.*Cast xs"):
+        rnnlab.scan(cell, params, xs.astype(jnp.float64))
+    params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    _, ys = rnnlab.scan(cell, params64, xs.astype(jnp.float64))
+    assert ys.dtype == jnp.float64

@@ -234,6 +234,8 @@ def scan(
         carry = cell.initial_carry(params, batch_shape)
     else:
         _check_carry(cell, params, carry, batch_shape)
+    if not parallel and num_steps:
+        _check_step_keeps_carry_dtype(cell, params, carry, xs)
 
     if parallel:
         if lengths is not None:
@@ -461,6 +463,22 @@ def _check_carry(cell: Any, params: Params, carry: Carry, batch_shape: tuple[int
             f"carry must match cell.initial_carry(params, batch_shape={batch_shape}) for "
             f"inputs of batch shape {batch_shape}: expected structure {exp_def} with "
             f"shapes {exp_shapes}; received structure {got_def} with shapes {got_shapes}."
+        )
+
+
+def _check_step_keeps_carry_dtype(cell: Any, params: Params, carry: Carry, xs: Array) -> None:
+    # lax.scan needs the carry's dtype fixed; a step that promotes it (float64
+    # inputs into float32 params, say) would fail deep inside JAX with a message
+    # about scan bodies. Tracing one step abstractly costs no computation.
+    new_carry, _ = jax.eval_shape(lambda c, x: cell.step(params, c, x), carry, xs[0])
+    old = [jnp.result_type(c) for c in jax.tree.leaves(carry)]
+    new = [c.dtype for c in jax.tree.leaves(new_carry)]
+    if old != new:
+        raise TypeError(
+            f"xs (dtype {xs.dtype}) and params must give a step that keeps the carry's dtype: "
+            f"the carry has dtypes {[str(d) for d in old]} but cell.step returns "
+            f"{[str(d) for d in new]}. Cast xs to the params' dtype (or the params to "
+            f"xs's, e.g. jax.tree.map(lambda p: p.astype(xs.dtype), params))."
         )
 
 
