@@ -75,3 +75,8 @@ def test_json_has_no_nan():
         {"a": np.array([1.0, np.nan, np.inf]), "b": math.nan, "c": (1, 2)}
     ), allow_nan=False)
     assert json.loads(text) == {"a": [1.0, None, None], "b": None, "c": [1, 2]}
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    path = experiment.atomic_write_text(tmp_path / "x.txt", "hi")
+    assert path.stat().st_mode & 0o044 == 0o044 or (experiment._UMASK & 0o044)
