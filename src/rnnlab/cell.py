@@ -106,3 +106,19 @@ def add_bias(y: Array, b: Array) -> Array:
     catch accidental broadcasting.
     """
     return y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape)
+
+
+def check_carry(cell: Any, params: Params, carry: Carry, batch_shape: tuple[int, ...]) -> None:
+    """Raises ValueError unless ``carry`` has the structure and shapes of
+    ``cell.initial_carry(params, batch_shape)`` (checked abstractly: no computation)."""
+    expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
+    exp_leaves, exp_def = jax.tree.flatten(expected)
+    got_leaves, got_def = jax.tree.flatten(carry)
+    exp_shapes = [tuple(e.shape) for e in exp_leaves]
+    got_shapes = [tuple(jnp.shape(g)) for g in got_leaves]
+    if exp_def != got_def or exp_shapes != got_shapes:
+        raise ValueError(
+            f"carry must match cell.initial_carry(params, batch_shape={batch_shape}) for "
+            f"inputs of batch shape {batch_shape}: expected structure {exp_def} with "
+            f"shapes {exp_shapes}; received structure {got_def} with shapes {got_shapes}."
+        )

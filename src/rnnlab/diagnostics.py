@@ -47,7 +47,15 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from rnnlab import checks
-from rnnlab.cell import Array, Carry, Cell, Params, check_cell, check_float_input
+from rnnlab.cell import (
+    Array,
+    Carry,
+    Cell,
+    Params,
+    check_carry,
+    check_cell,
+    check_float_input,
+)
 from rnnlab.scan import scan
 
 __all__ = ["carry_grad_norms", "fit_decay_rate", "jacobian_norms", "lyapunov_exponents"]
@@ -511,17 +519,7 @@ def _initial_or_checked(
     once its structure and shapes are checked against that."""
     if carry is None:
         return cell.initial_carry(params, batch_shape)
-    expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
-    exp_leaves, exp_def = jax.tree.flatten(expected)
-    got_leaves, got_def = jax.tree.flatten(carry)
-    exp_shapes = [tuple(e.shape) for e in exp_leaves]
-    got_shapes = [tuple(jnp.shape(g)) for g in got_leaves]
-    if exp_def != got_def or exp_shapes != got_shapes:
-        raise ValueError(
-            f"carry must match cell.initial_carry(params, batch_shape={batch_shape}): "
-            f"expected structure {exp_def} with shapes {exp_shapes}; received structure "
-            f"{got_def} with shapes {got_shapes}."
-        )
+    check_carry(cell, params, carry, batch_shape)
     return carry
 
 

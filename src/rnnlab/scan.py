@@ -26,6 +26,7 @@ from rnnlab.cell import (
     Carry,
     Params,
     PRNGKey,
+    check_carry,
     check_cell,
     check_choice,
     check_float_input,
@@ -233,7 +234,7 @@ def scan(
     if carry is None:
         carry = cell.initial_carry(params, batch_shape)
     else:
-        _check_carry(cell, params, carry, batch_shape)
+        check_carry(cell, params, carry, batch_shape)
     if not parallel and num_steps:
         _check_step_keeps_carry_dtype(cell, params, carry, xs)
 
@@ -450,20 +451,6 @@ def _normalise_time_axis(time_axis: Any, ndim: int) -> int:
             f"excluding the last) for xs of rank {ndim}; received {time_axis}."
         )
     return axis
-
-
-def _check_carry(cell: Any, params: Params, carry: Carry, batch_shape: tuple[int, ...]) -> None:
-    expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
-    exp_leaves, exp_def = jax.tree.flatten(expected)
-    got_leaves, got_def = jax.tree.flatten(carry)
-    exp_shapes = [tuple(e.shape) for e in exp_leaves]
-    got_shapes = [tuple(jnp.shape(g)) for g in got_leaves]
-    if exp_def != got_def or exp_shapes != got_shapes:
-        raise ValueError(
-            f"carry must match cell.initial_carry(params, batch_shape={batch_shape}) for "
-            f"inputs of batch shape {batch_shape}: expected structure {exp_def} with "
-            f"shapes {exp_shapes}; received structure {got_def} with shapes {got_shapes}."
-        )
 
 
 def _check_step_keeps_carry_dtype(cell: Any, params: Params, carry: Carry, xs: Array) -> None:
