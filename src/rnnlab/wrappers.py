@@ -43,6 +43,23 @@ def _input_size(xs: Any) -> int:
     return shape[-1]
 
 
+def _run(module: Any, params: Params, xs, carry, lengths, reverse, return_carry) -> Any:
+    """:func:`rnnlab.scan` with a wrapper's options, call-time overrides first (both wrappers)."""
+    final_carry, ys = scan(
+        module.cell,
+        params,
+        xs,
+        carry=carry,
+        lengths=lengths,
+        reverse=module.reverse if reverse is None else reverse,
+        time_axis=module.time_axis,
+        unroll=module.unroll,
+        mode=module.mode,
+    )
+    return_carry = module.return_carry if return_carry is None else return_carry
+    return (final_carry, ys) if return_carry else ys
+
+
 class LinenRNN(nn.Module):
     """Runs a cell over a sequence inside a ``flax.linen`` model.
 
@@ -91,19 +108,7 @@ class LinenRNN(nn.Module):
         """
         check_cell(self.cell)
         params = self.param("cell", self.cell.init, _input_size(xs))
-        final_carry, ys = scan(
-            self.cell,
-            params,
-            xs,
-            carry=carry,
-            lengths=lengths,
-            reverse=self.reverse if reverse is None else reverse,
-            time_axis=self.time_axis,
-            unroll=self.unroll,
-            mode=self.mode,
-        )
-        return_carry = self.return_carry if return_carry is None else return_carry
-        return (final_carry, ys) if return_carry else ys
+        return _run(self, params, xs, carry, lengths, reverse, return_carry)
 
 
 class LinenCell(nn.RNNCellBase):
@@ -217,19 +222,7 @@ class NNXRNN(nnx.Module):
         return_carry: bool | None = None,
     ) -> Any:
         """Runs the cell over ``xs``; arguments and result as :meth:`LinenRNN.__call__`."""
-        final_carry, ys = scan(
-            self.cell,
-            self.param_values(),
-            xs,
-            carry=carry,
-            lengths=lengths,
-            reverse=self.reverse if reverse is None else reverse,
-            time_axis=self.time_axis,
-            unroll=self.unroll,
-            mode=self.mode,
-        )
-        return_carry = self.return_carry if return_carry is None else return_carry
-        return (final_carry, ys) if return_carry else ys
+        return _run(self, self.param_values(), xs, carry, lengths, reverse, return_carry)
 
 
 def _is_variable(x: Any) -> bool:

@@ -39,6 +39,21 @@ class MinLSTMParams(NamedTuple):
     b: Array  # [3H] bias, same block order
 
 
+def _block_init(params_cls, num_blocks: int, H: int, w_init, b_init, param_dtype):
+    """``init(key, F) -> params_cls(W_x [F, n*H], b [n*H])``, one initialiser call per block."""
+
+    def init(key, input_size: int):
+        check_positive_int(input_size, "input_size")
+        k_x, k_b = jax.random.split(key)
+        W_x = jnp.concatenate(
+            [w_init(k, (input_size, H), param_dtype) for k in jax.random.split(k_x, num_blocks)],
+            axis=1,
+        )
+        return params_cls(W_x=W_x, b=b_init(k_b, (num_blocks * H,), param_dtype))
+
+    return init
+
+
 def _affine(x: Array, W: Array, b: Array) -> Array:
     y = x @ W
     return y + jnp.broadcast_to(b, y.shape)  # explicit: rank promotion is an error here
@@ -109,13 +124,7 @@ def mingru(
     w_init = initializers.get(input_init, "input_init")
     b_init = initializers.get(bias_init, "bias_init")
 
-    def init(key, input_size: int) -> MinGRUParams:
-        check_positive_int(input_size, "input_size")
-        k_x, k_b = jax.random.split(key)
-        W_x = jnp.concatenate(
-            [w_init(k, (input_size, H), param_dtype) for k in jax.random.split(k_x, 2)], axis=1
-        )
-        return MinGRUParams(W_x=W_x, b=b_init(k_b, (2 * H,), param_dtype))
+    init = _block_init(MinGRUParams, 2, H, w_init, b_init, param_dtype)
 
     def coefficients(params: MinGRUParams, xs: Array) -> tuple[Array, Array]:
         check_input_size(xs, params.W_x.shape[0], "xs")
@@ -172,13 +181,7 @@ def minlstm(
     w_init = initializers.get(input_init, "input_init")
     b_init = initializers.get(bias_init, "bias_init")
 
-    def init(key, input_size: int) -> MinLSTMParams:
-        check_positive_int(input_size, "input_size")
-        k_x, k_b = jax.random.split(key)
-        W_x = jnp.concatenate(
-            [w_init(k, (input_size, H), param_dtype) for k in jax.random.split(k_x, 3)], axis=1
-        )
-        return MinLSTMParams(W_x=W_x, b=b_init(k_b, (3 * H,), param_dtype))
+    init = _block_init(MinLSTMParams, 3, H, w_init, b_init, param_dtype)
 
     def coefficients(params: MinLSTMParams, xs: Array) -> tuple[Array, Array]:
         check_input_size(xs, params.W_x.shape[0], "xs")
