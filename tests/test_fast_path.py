@@ -7,9 +7,7 @@ rnnlab.scan that changes the loop.
 """
 
 import functools
-import importlib.util
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -216,18 +214,14 @@ def test_remat_rejects_bad_values():
 
 
 @pytest.mark.slow  # ~13 s: a subprocess that imports flax and compiles every framework
-def test_benchmark_suite_runs_quick(tmp_path):
+def test_benchmark_suite_runs_quick(tmp_path, load_script):
     """benchmarks/run.py --quick runs end to end (numbers are never asserted)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("rnnlab_bench_run", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and type hints look the module up by name
+    module = load_script("benchmarks/run.py", name="rnnlab_bench_run")
     try:
-        spec.loader.exec_module(module)
         # torch is never imported by the tests: the suite runs without it here.
         module.main(["--quick", "--frameworks", "rnnlab,rnnlab-fused,flax", "--out", str(tmp_path)])
     finally:
-        del sys.modules[spec.name]
+        del sys.modules["rnnlab_bench_run"]
     assert (tmp_path / "suite_quick.md").exists()
     assert (tmp_path / "suite_quick.json").exists()
 

@@ -1,6 +1,5 @@
 """Holding up: divergence in one seed, opt-in NaN checks, bit-identical reruns, SIGKILL."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -65,16 +64,8 @@ def test_nan_input_in_one_seed_leaves_the_others_untouched():
     assert "elman" in msg and "seed 6" in msg and "step 12" in msg and "last finite loss" in msg
 
 
-def _load_long_range():
-    spec = importlib.util.spec_from_file_location("long_range", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["long_range"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_long_range_records_divergence_as_an_outcome(tmp_path, capsys):
-    lr = _load_long_range()
+def test_long_range_records_divergence_as_an_outcome(tmp_path, capsys, load_script):
+    lr = load_script("experiments/long_range.py")
     cfg = lr.LongRangeConfig(cells=("elman-relu",), lengths=(4,), seeds=2, hidden_size=4,
                              steps=4, batch_size=4, eval_batch_size=8, chunk_size=4,
                              optimizer="sgd", learning_rate=1e30, clip_norm=None,

@@ -1,6 +1,5 @@
 """Training: it learns, vmapped seeds equal separate runs, resuming is exact, bad input fails."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -108,16 +107,8 @@ def test_bad_configs():
 # ----------------------------------------------------------------------------- the experiment
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("long_range", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["long_range"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_experiment_config_errors():
-    lr = _load_script()
+def test_experiment_config_errors(load_script):
+    lr = load_script("experiments/long_range.py")
     with pytest.raises(ValueError, match="task must be one of"):
         lr.LongRangeConfig(task="nope")
     with pytest.raises(ValueError, match="cell must be one of"):
@@ -143,8 +134,8 @@ def _numbers(run_dir):
 
 
 @pytest.mark.slow
-def test_experiment_interrupted_then_resumed_equals_uninterrupted(tmp_path):
-    lr = _load_script()
+def test_experiment_interrupted_then_resumed_equals_uninterrupted(tmp_path, load_script):
+    lr = load_script("experiments/long_range.py")
     lr.main([*TINY, "--out", str(tmp_path / "full")])
 
     def kill_at_20(step, state, history):

@@ -1,8 +1,6 @@
 """The headline experiment end to end at its --quick size: files, resume, replot, registry."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -12,18 +10,10 @@ import pytest
 
 import rnnlab
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def vg():
-    spec = importlib.util.spec_from_file_location(
-        "vanishing_gradients", ROOT / "experiments" / "vanishing_gradients.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
-    return module
+def vg(load_script):
+    return load_script("experiments/vanishing_gradients.py")
 
 
 def _user_cell(hidden_size):
