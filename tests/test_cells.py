@@ -185,6 +185,33 @@ def test_gru_original_cho_form():
     assert not np.allclose(ys, ys_after, atol=1e-4)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_prepare_equals_unprepared_step(reset_after):
+    """scan runs step(prepare(params)); a loop over step with the raw params must agree,
+    values and gradients w.r.t. the raw params (which flow back through prepare)."""
+    cell = rnnlab.gru(H, reset_after=reset_after)
+    params = cell.init(jax.random.key(3), F)
+    params = params._replace(b_x=params.b_x + 0.3, b_h=params.b_h - 0.2)
+    xs = jax.random.normal(jax.random.key(4), (T, B, F))
+    prepared = cell.prepare(params)
+    assert isinstance(prepared, rnnlab.GRUWeights)
+    assert cell.prepare(prepared) is prepared
+    carry = cell.initial_carry(params, (B,))
+    np.testing.assert_array_equal(cell.step(prepared, carry, xs[0])[1],
+                                  cell.step(params, carry, xs[0])[1])
+
+    def scanned(p):
+        return jnp.sum(jnp.sin(rnnlab.scan(cell, p, xs)[1]))
+
+    def looped(p):
+        return jnp.sum(jnp.sin(_loop(cell, p, xs, cell.initial_carry(p, (B,)))[1]))
+
+    np.testing.assert_allclose(scanned(params), looped(params), rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(jax.grad(scanned)(params)),
+                         jax.tree.leaves(jax.grad(looped)(params))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- initialisation
 
 

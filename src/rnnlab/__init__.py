@@ -18,8 +18,10 @@ from rnnlab import tasks as tasks
 from rnnlab import train as train
 from rnnlab import wrappers as wrappers
 from rnnlab.cell import Cell as Cell
+from rnnlab.cell import PreparedCell as PreparedCell
 from rnnlab.cells import ElmanParams as ElmanParams
 from rnnlab.cells import GRUParams as GRUParams
+from rnnlab.cells import GRUWeights as GRUWeights
 from rnnlab.cells import LRUParams as LRUParams
 from rnnlab.cells import LSTMCarry as LSTMCarry
 from rnnlab.cells import LSTMParams as LSTMParams

@@ -44,6 +44,23 @@ class Cell(NamedTuple):
     step: Callable[[Params, Carry, Array], tuple[Carry, Array]]
 
 
+class PreparedCell(NamedTuple):
+    """A :class:`Cell` plus ``prepare``: loop-invariant work on the params, done once per scan.
+
+    :func:`rnnlab.scan` runs ``step(prepare(params), ...)`` at every step, so
+    whatever ``prepare`` does (a matrix exponential, re-arranging weight
+    blocks for the step's matmuls) and its derivative happen once per call
+    instead of once per step. ``step`` accepts both the params and the
+    prepared params and gives the same results; call ``prepare`` yourself when
+    you loop over ``step`` by hand.
+    """
+
+    init: Callable[[PRNGKey, int], Params]
+    initial_carry: Callable[..., Carry]
+    step: Callable[[Params, Carry, Array], tuple[Carry, Array]]
+    prepare: Callable[[Params], Params]
+
+
 def check_cell(cell: Any, name: str = "cell") -> None:
     """Raises TypeError unless ``cell`` has callable init/initial_carry/step."""
     missing = [f for f in Cell._fields if not callable(getattr(cell, f, None))]

@@ -4,6 +4,7 @@ from rnnlab.cells.elman import ElmanParams as ElmanParams
 from rnnlab.cells.elman import elman as elman
 from rnnlab.cells.elman import irnn as irnn
 from rnnlab.cells.gru import GRUParams as GRUParams
+from rnnlab.cells.gru import GRUWeights as GRUWeights
 from rnnlab.cells.gru import gru as gru
 from rnnlab.cells.lru import LRUParams as LRUParams
 from rnnlab.cells.lru import lru as lru
