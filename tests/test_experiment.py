@@ -33,6 +33,9 @@ def test_cli_is_generated_from_fields():
     assert cfg == Cfg(cells=("lstm", "gru"), steps=2, clip=0.5, plot=False)
     assert experiment.parse_config(Cfg, ["--clip", "none"])[0].clip is None
     assert experiment.parse_config(Cfg, ["--preset", "quick", "--steps", "5"])[0].steps == 5
+    for empty in ("", "[]", "()"):
+        assert experiment.parse_config(Cfg, ["--cells", empty])[0].cells == ()
+    assert experiment.parse_config(Cfg, ["--cells", "[lstm, gru]"])[0].cells == ("lstm", "gru")
 
 
 def test_cli_errors_name_the_option(capsys):

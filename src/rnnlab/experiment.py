@@ -171,7 +171,8 @@ def _parser_for(tp: Any, name: str):
         if origin in (tuple, list, Sequence):
             args = typing.get_args(tp)
             item = args[0] if args else str
-            parts = [p.strip() for p in text.split(",") if p.strip()]
+            # "", "[]" and "()" all mean the empty sequence (e.g. to skip a study).
+            parts = [p.strip() for p in text.strip().strip("[]()").split(",") if p.strip()]
             return tuple(_parser_for(item, name)(p) for p in parts)
         if tp is bool:
             return _parse_bool(text, name)
