@@ -32,6 +32,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -71,15 +72,20 @@ class SuiteBenchmark:
     sizes: tuple[str, ...] = dataclasses.field(
         default=("small", "medium", "large"), metadata={"help": f"of {tuple(SIZES)}"})
     frameworks: tuple[str, ...] = dataclasses.field(
-        default=("rnnlab", "rnnlab-fused", "flax", "torch"),
-        metadata={"help": "rnnlab, rnnlab-fused, flax, torch (torch skipped if not importable)"})
-    repeats: int = dataclasses.field(default=7, metadata={"help": "timed calls; median reported"})
+        default=("rnnlab", "rnnlab-fused", "flax", "torch", "torch-native", "matmul-floor"),
+        metadata={"help": "rnnlab, rnnlab-fused, flax, torch, torch-native (oneDNN off), "
+                  "matmul-floor (the scan with only its matmul); torch ones skipped if torch "
+                  "is not importable"})
+    repeats: int = dataclasses.field(
+        default=9, metadata={"help": "interleaved timed rounds; median (and min) reported"})
     warmup: int = dataclasses.field(default=2, metadata={"help": "untimed calls after compiling"})
     gemm_size: int = dataclasses.field(default=2048, metadata={"help": "N of the N x N matmul"})
     compile_lengths: tuple[int, ...] = dataclasses.field(
-        default=(10, 100, 1000, 10000), metadata={"help": "T for compile time vs T ([] skips)"})
+        default=(10, 100, 1000, 10000),
+        metadata={"help": "T for compile time vs T ('[]' skips the study)"})
     memory_lengths: tuple[int, ...] = dataclasses.field(
-        default=(1000, 10000, 100000), metadata={"help": "T for memory vs T ([] skips)"})
+        default=(1000, 10000, 100000),
+        metadata={"help": "T for memory vs T ('[]' skips the study)"})
     memory_size: tuple[int, int, int] = dataclasses.field(
         default=(32, 1, 256), metadata={"help": "B,F,H of the memory study (an LSTM)"})
     remat_timing_length: int = dataclasses.field(
@@ -127,13 +133,52 @@ def median_time(call: Callable[[], Any], *, warmup: int, repeats: int) -> dict[s
     return {"median_s": statistics.median(times), "times_s": times}
 
 
-def _jax_timed(fn, args, warmup, repeats) -> dict[str, Any]:
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], *, warmup: int,
+                     repeats: int) -> dict[str, dict[str, Any]]:
+    """Times several implementations of the same computation in interleaved rounds.
+
+    Round r calls every implementation once, starting from a different one each
+    round, so that a slow minute on a shared machine lands on all of them
+    rather than on whichever happened to be timed then: the ratios between
+    implementations are what this suite is for. Returns, per name, the median
+    and the minimum wall time (the minimum estimates the cost on a quiet
+    machine), every time, and the minor page faults per call (memory that the
+    call touches for the first time; each costs about a microsecond here).
+    """
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    faults: dict[str, int] = {n: 0 for n in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            f0 = _minor_faults()
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+            faults[name] += _minor_faults() - f0
+    return {n: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t,
+                "minor_faults_per_call": faults[n] / repeats} for n, t in times.items()}
+
+
+def _jax_prepared(fn, args) -> dict[str, Any]:
+    """Compiles ``fn(*args)`` (timed) and returns the blocking call."""
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
-    out = median_time(lambda: jax.block_until_ready(compiled(*args)),
-                      warmup=warmup, repeats=repeats)
-    return {"compile_s": compile_s, **out}
+    return {"compile_s": compile_s, "call": lambda: jax.block_until_ready(compiled(*args))}
+
+
+def _jax_timed(fn, args, warmup, repeats) -> dict[str, Any]:
+    prepared = _jax_prepared(fn, args)
+    return {"compile_s": prepared["compile_s"],
+            **median_time(prepared["call"], warmup=warmup, repeats=repeats)}
 
 
 def _mse(ys):
@@ -149,17 +194,18 @@ def _jax_passes(forward: Callable, params, xs) -> dict[str, Callable]:
 
 
 # ----------------------------------------------------------------------------- implementations
+# Each returns {pass: {"call": blocking zero-argument callable, "compile_s": seconds}}.
 
 
-def bench_rnnlab(cell_name, T, B, F, H, key, warmup, repeats, *, fused_path=False):
+def prepare_rnnlab(cell_name, T, B, F, H, key, *, fused_path=False):
     cell = rnnlab.registry.get(REGISTRY_NAMES[cell_name], H)
     params = cell.init(key, F)
     xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
     fns = _jax_passes(lambda p, x: rnnlab.scan(cell, p, x)[1], params, xs)
     previous = rnnlab.fused.ENABLED
-    rnnlab.fused.ENABLED = fused_path  # read while tracing, i.e. inside _jax_timed's compile
+    rnnlab.fused.ENABLED = fused_path  # read while tracing, i.e. inside the compile
     try:
-        return {k: _jax_timed(f, (params, xs), warmup, repeats) for k, f in fns.items()}
+        return {k: _jax_prepared(f, (params, xs)) for k, f in fns.items()}
     finally:
         rnnlab.fused.ENABLED = previous
 
@@ -171,17 +217,39 @@ _FLAX_CELLS = {
 }
 
 
-def bench_flax(cell_name, T, B, F, H, key, warmup, repeats):
+def prepare_flax(cell_name, T, B, F, H, key):
     import flax.linen as nn
 
     model = nn.RNN(getattr(nn, _FLAX_CELLS[cell_name])(H), time_major=True)
     xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
     params = model.init(key, xs)
     fns = _jax_passes(model.apply, params, xs)
-    return {k: _jax_timed(f, (params, xs), warmup, repeats) for k, f in fns.items()}
+    return {k: _jax_prepared(f, (params, xs)) for k, f in fns.items()}
 
 
-def bench_torch(cell_name, T, B, F, H, key, warmup, repeats):
+def prepare_matmul_floor(cell_name, T, B, F, H, key):
+    """The same lax.scan with the step cut down to its one matmul: XLA's floor for a scan.
+
+    Per step ``z = [x_t, h] @ W`` with ``W [F + H, G H]`` and ``h = z[:, :H]``:
+    the FLOPs that every implementation here counts, none of the gate
+    arithmetic. No scanned cell compiled by XLA on this device can be faster
+    than this (forward; forward+backward is its gradient).
+    """
+    G = GATES[cell_name]
+    W = jax.random.normal(key, (F + H, G * H)) / (F + H) ** 0.5
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
+
+    def forward(W, xs):
+        def body(h, x):
+            h = (jnp.concatenate([x, h], axis=-1) @ W)[:, :H]
+            return h, h
+
+        return jax.lax.scan(body, jnp.zeros((B, H), W.dtype), xs)[1]
+
+    return {k: _jax_prepared(f, (W, xs)) for k, f in _jax_passes(forward, W, xs).items()}
+
+
+def prepare_torch(cell_name, T, B, F, H, key, *, onednn=True):
     import torch
 
     torch.manual_seed(0)
@@ -190,29 +258,33 @@ def bench_torch(cell_name, T, B, F, H, key, warmup, repeats):
     params = list(module.parameters())
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
             module(x)
 
     def forward_backward():
-        ys, _ = module(x)
-        torch.autograd.grad(ys.square().mean(), [*params, x])
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            ys, _ = module(x)
+            torch.autograd.grad(ys.square().mean(), [*params, x])
 
-    return {
-        "forward": {"compile_s": 0.0, **median_time(forward, warmup=warmup, repeats=repeats)},
-        "forward+backward": {
-            "compile_s": 0.0,
-            **median_time(forward_backward, warmup=warmup, repeats=repeats),
-        },
-    }
+    return {"forward": {"compile_s": 0.0, "call": forward},
+            "forward+backward": {"compile_s": 0.0, "call": forward_backward}}
 
 
 FRAMEWORKS = {
-    "rnnlab": bench_rnnlab,
+    "rnnlab": prepare_rnnlab,
     # rnnlab.scan with rnnlab.fused's hand-written whole-sequence derivative (off by default).
-    "rnnlab-fused": functools.partial(bench_rnnlab, fused_path=True),
-    "flax": bench_flax,
-    "torch": bench_torch,
+    "rnnlab-fused": functools.partial(prepare_rnnlab, fused_path=True),
+    "flax": prepare_flax,
+    # torch.nn.LSTM on CPU runs oneDNN's fused LSTM primitive (aten::mkldnn_rnn_layer);
+    # GRU and RNN run ATen's own loop. torch-native switches oneDNN off, so that
+    # the LSTM rows show what that primitive is worth.
+    "torch": prepare_torch,
+    "torch-native": functools.partial(prepare_torch, onednn=False),
+    "matmul-floor": prepare_matmul_floor,
 }
+TORCH_FRAMEWORKS = ("torch", "torch-native")
+# The columns rnnlab is compared against, in table order.
+COMPARED = ("rnnlab-fused", "flax", "torch", "torch-native", "matmul-floor")
 
 
 def torch_available() -> bool:
@@ -395,13 +467,14 @@ def machine_info() -> dict[str, Any]:
 
 
 def run(config: SuiteBenchmark) -> dict[str, Any]:
-    frameworks = [f for f in config.frameworks if f != "torch" or torch_available()]
+    frameworks = [f for f in config.frameworks
+                  if f not in TORCH_FRAMEWORKS or torch_available()]
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if "torch" in frameworks:
+    use_torch = any(f in TORCH_FRAMEWORKS for f in frameworks)
+    if use_torch:
         import torch
 
         torch.set_num_threads(threads)
-    use_torch = "torch" in frameworks
     gemm_start = gemm_throughput(config.gemm_size, config.warmup, config.repeats, use_torch)
     print(f"GEMM {config.gemm_size}^2: {gemm_start['reference_flops'] / 1e9:.1f} GFLOP/s",
           flush=True)
@@ -410,18 +483,21 @@ def run(config: SuiteBenchmark) -> dict[str, Any]:
     for cell_name in config.cells:
         for size in config.sizes:
             T, B, F, H = SIZES[size]
-            results = {f: FRAMEWORKS[f](cell_name, T, B, F, H, key, config.warmup,
-                                        config.repeats) for f in frameworks}
+            prepared = {f: FRAMEWORKS[f](cell_name, T, B, F, H, key) for f in frameworks}
             for pass_ in PASSES:
+                timed = time_interleaved({f: prepared[f][pass_]["call"] for f in frameworks},
+                                         warmup=config.warmup, repeats=config.repeats)
                 row = {"cell": cell_name, "size": size, "T": T, "B": B, "F": F, "H": H,
                        "pass": pass_, "flops": cell_flops(cell_name, T, B, F, H, pass_)}
                 for f in frameworks:
-                    row[f] = dict(results[f][pass_])
-                for other in ("rnnlab-fused", "flax", "torch"):
+                    row[f] = {"compile_s": prepared[f][pass_]["compile_s"], **timed[f]}
+                for other in COMPARED:
                     if "rnnlab" in row and other in row:
                         row[f"rnnlab/{other}"] = row["rnnlab"]["median_s"] / row[other]["median_s"]
+                        row[f"rnnlab/{other} (min)"] = row["rnnlab"]["min_s"] / row[other]["min_s"]
                 rows.append(row)
                 print(_line(row, frameworks), flush=True)
+            del prepared
     # The machine is shared: GEMM is timed before and after the table and the
     # faster of the two is the reference, so a busy moment cannot inflate the fractions.
     gemm_end = gemm_throughput(config.gemm_size, config.warmup, config.repeats, use_torch)
@@ -452,7 +528,7 @@ def _line(row, frameworks) -> str:
     parts = [f"{row['cell']:5s} {row['size']:6s} {row['pass']:16s}"]
     for f in frameworks:
         parts.append(f"{f} {1e3 * row[f]['median_s']:9.3f} ms")
-    for other in ("rnnlab-fused", "flax", "torch"):
+    for other in COMPARED:
         if f"rnnlab/{other}" in row:
             parts.append(f"rnnlab/{other} {row[f'rnnlab/{other}']:.2f}")
     return "  ".join(parts)
@@ -472,23 +548,42 @@ def markdown(config: SuiteBenchmark, env: dict[str, Any], machine, out) -> str:
         f"{env['device_kind']} ({env['backend']}); jax {env['jax']}, flax {env.get('flax', '?')}, "
         f"torch {env.get('torch', 'absent')}; {env['time_utc']}.",
         "",
-        f"float32; median of {config.repeats} calls after {config.warmup} warm-up calls "
-        "(compilation excluded). forward+backward = gradient of mean(ys^2) w.r.t. params and "
-        f"inputs. GEMM reference: {out['gemm']['reference_flops'] / 1e9:.1f} GFLOP/s "
-        f"({out['gemm']['n']}^2 float32 matmul); % = the cell's matmul FLOPs per second "
-        "over it. rnnlab/X < 1: rnnlab is faster.",
+        f"float32; {config.repeats} rounds after {config.warmup} warm-up calls, each round "
+        "calling every implementation once, in rotating order (compilation excluded); the "
+        "table shows medians, the JSON keeps every time. forward+backward = gradient of "
+        "mean(ys^2) w.r.t. params and inputs. GEMM reference: "
+        f"{out['gemm']['reference_flops'] / 1e9:.1f} GFLOP/s ({out['gemm']['n']}^2 float32 "
+        "matmul); % = the cell's matmul FLOPs per second over it. rnnlab/X < 1: rnnlab is "
+        "faster; (min) = the ratio of the fastest rounds, what a quiet machine would show. "
+        "torch-native: PyTorch with oneDNN switched off (for the LSTM, ATen's own loop instead "
+        "of oneDNN's fused LSTM primitive; GRU and RNN never use oneDNN). matmul-floor: the "
+        "same lax.scan with each step cut down to its one [x, h] @ W matmul.",
         "",
+    ]
+    ratio_keys = [f"rnnlab/{o}" for o in COMPARED if o in fw]
+    if "torch" in fw:
+        ratio_keys.append("rnnlab/torch (min)")
+    lines += [
         "| cell | size (T,B,F,H) | pass | " + " | ".join(f"{f} ms (% GEMM)" for f in fw)
-        + " | rnnlab/rnnlab-fused | rnnlab/flax | rnnlab/torch |",
-        "|---|---|---|" + "---:|" * (len(fw) + 3),
+        + "".join(f" | {k}" for k in ratio_keys) + " |",
+        "|---|---|---|" + "---:|" * (len(fw) + len(ratio_keys)),
     ]
     for r in out["results"]:
         cells = [f"{1e3 * r[f]['median_s']:.3f} ({100 * r[f]['gemm_fraction']:.1f}%)"
                  for f in fw]
-        ratios = [f"{r[k]:.2f}" if k in r else "-"
-                  for k in ("rnnlab/rnnlab-fused", "rnnlab/flax", "rnnlab/torch")]
+        ratios = [f"{r[k]:.2f}" if k in r else "-" for k in ratio_keys]
         lines.append(f"| {r['cell']} | {r['size']} ({r['T']},{r['B']},{r['F']},{r['H']}) | "
                      f"{r['pass']} | " + " | ".join(cells + ratios) + " |")
+    lines += ["", "## Minor page faults per call", "",
+              "Memory a call touches for the first time (fresh temporaries the allocator "
+              "returned to the OS after the previous call); each fault costs roughly a "
+              "microsecond on this machine, so large forward+backward passes spend a visible "
+              "share of their time here.", "",
+              "| cell | size | pass | " + " | ".join(fw) + " |",
+              "|---|---|---|" + "---:|" * len(fw)]
+    for r in out["results"]:
+        lines.append(f"| {r['cell']} | {r['size']} | {r['pass']} | " + " | ".join(
+            f"{r[f]['minor_faults_per_call']:.0f}" for f in fw) + " |")
     if "compile_vs_T" in out:
         lines += ["", "## Compile time vs T (LSTM forward+backward, medium width)", "",
                   "| T | compile (s) |", "|---:|---:|"]

@@ -208,7 +208,7 @@ def test_gru_prepare_equals_unprepared_step(reset_after):
 
     np.testing.assert_allclose(scanned(params), looped(params), rtol=1e-6)
     for got, want in zip(jax.tree.leaves(jax.grad(scanned)(params)),
-                         jax.tree.leaves(jax.grad(looped)(params))):
+                         jax.tree.leaves(jax.grad(looped)(params)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

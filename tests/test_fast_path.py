@@ -226,6 +226,32 @@ def test_benchmark_suite_runs_quick(tmp_path, load_script):
     assert (tmp_path / "suite_quick.json").exists()
 
 
+@pytest.mark.slow  # ~15 s: seven variants, each compiled forward and forward+backward
+def test_lstm_variants_agree_and_run(tmp_path, load_script):
+    """Every idea in benchmarks/lstm_variants.py computes the plain scan's values and
+    gradients (the hand-written custom VJP included), and the script runs end to end."""
+    module = load_script("benchmarks/lstm_variants.py", name="rnnlab_bench_variants")
+    try:
+        T_, B_, F_, H_ = 7, 4, 3, 5
+        params = rnnlab.lstm(H_).init(jax.random.key(0), F_)
+        params = params._replace(b=params.b + 0.1 * jnp.arange(4 * H_) / H_)
+        xs = jax.random.normal(jax.random.key(1), (T_, B_, F_))
+        weights = jnp.cos(jnp.arange(T_ * B_ * H_)).reshape(T_, B_, H_)
+
+        def loss(fn):
+            return lambda p, x: jnp.sum(weights * fn(p, x))
+
+        want_ys = module.base(params, xs)
+        want_grads = jax.grad(loss(module.base), argnums=(0, 1))(params, xs)
+        for fn in module.VARIANTS.values():
+            close(fn(params, xs), want_ys, 1e-5)
+            close(jax.grad(loss(fn), argnums=(0, 1))(params, xs), want_grads, 1e-5)
+        module.main(["--quick", "--out", str(tmp_path)])
+    finally:
+        del sys.modules["rnnlab_bench_variants"]
+    assert (tmp_path / "lstm_variants_quick.md").exists()
+
+
 def test_gated_step_builds_a_step_with_the_fast_path():
     elman = rnnlab.elman(H)
     form = fused.get_gated(elman)

@@ -1,0 +1,320 @@
+"""Ideas for a faster scanned LSTM on CPU, each timed against the plain scan in one process.
+
+Every variant computes the same LSTM (rnnlab.lstm's params and equations) over
+``[T, B, F]`` inputs; each is timed forward and forward+backward (gradient of
+mean(ys^2) w.r.t. params and inputs) in interleaved rounds (``run.py``'s
+``time_interleaved``), together with PyTorch's ``nn.LSTM`` when torch is
+installed, so that every ratio comes from the same minutes of the same machine.
+
+    python benchmarks/lstm_variants.py              # small, medium, large; minutes
+    python benchmarks/lstm_variants.py --quick      # tiny, seconds (what the test runs)
+
+Variants:
+
+- ``base``: ``rnnlab.scan`` over ``rnnlab.lstm`` (one ``[x, h] @ W`` matmul per step).
+- ``unroll2``, ``unroll4``: the same with ``lax.scan(unroll=k)``.
+- ``hoisted``: ``x_t W_x + b`` for all t as one matmul before the loop, ``h W_h`` inside.
+- ``one-tanh``: the four gate activations as one ``tanh`` over all 4H pre-activations
+  (``sigmoid(x) = (1 + tanh(x / 2)) / 2``) instead of three sigmoids and a tanh.
+- ``batch-split``: the batch stepped as two independent halves, two matmuls per step
+  that XLA's runtime could run on both cores at once.
+- ``custom-vjp``: a hand-written sequence VJP (``jax.custom_vjp``): the forward loop
+  keeps only the activated gates and c; the backward loop computes only the gate
+  gradients and ``dh @ W_h^T``; the weight and input gradients are single matmuls
+  over all ``T * B`` rows after the loop (what cuDNN and oneDNN do). It has no
+  forward-mode derivative, which is one reason rnnlab does not use it.
+
+Writes ``lstm_variants.json`` and ``lstm_variants.md`` into ``benchmarks/results/``
+(or ``--out``). Nothing here is asserted in tests except that the variants agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rnnlab
+from rnnlab import experiment
+from rnnlab.cell import add_bias
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import SIZES, machine_info, time_interleaved, torch_available  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+PASSES = ("forward", "forward+backward")
+
+
+# ----------------------------------------------------------------------------- variants
+# Each is fn(params: rnnlab.LSTMParams, xs [T, B, F]) -> ys [T, B, H], zero initial carry.
+
+
+def _gates(z, c):
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return c, jax.nn.sigmoid(o) * jnp.tanh(c)
+
+
+def _zeros(params, xs):
+    return jnp.zeros(xs.shape[1:-1] + params.W_h.shape[:1], xs.dtype)
+
+
+def base(params, xs, unroll=1):
+    return rnnlab.scan(rnnlab.lstm(params.W_h.shape[0]), params, xs, unroll=unroll)[1]
+
+
+def hoisted(params, xs):
+    gx = add_bias(xs @ params.W_x, params.b)  # [T, B, 4H], one matmul
+
+    def body(carry, gx_t):
+        c, h = _gates(gx_t + carry[1] @ params.W_h, carry[0])
+        return (c, h), h
+
+    z = _zeros(params, xs)
+    return jax.lax.scan(body, (z, z), gx)[1]
+
+
+def one_tanh(params, xs):
+    H = params.W_h.shape[0]
+    # a = alpha * tanh(alpha * z) + beta: sigmoid on the i, f, o blocks, tanh on g.
+    alpha = jnp.asarray(np.repeat([0.5, 0.5, 1.0, 0.5], H), xs.dtype)
+    beta = jnp.asarray(np.repeat([0.5, 0.5, 0.0, 0.5], H), xs.dtype)
+    W = jnp.concatenate([params.W_x, params.W_h], axis=0)
+
+    def body(carry, x):
+        c, h = carry
+        z = add_bias(jnp.concatenate([x, h], axis=-1) @ W, params.b)
+        a = alpha[None] * jnp.tanh(alpha[None] * z) + beta[None]  # z is [B, 4H]
+        i, f, g, o = jnp.split(a, 4, axis=-1)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (c, h), h
+
+    z = _zeros(params, xs)
+    return jax.lax.scan(body, (z, z), xs)[1]
+
+
+def batch_split(params, xs):
+    W = jnp.concatenate([params.W_x, params.W_h], axis=0)
+    half = xs.shape[1] // 2
+
+    def step(c, h, x):
+        c, h = _gates(add_bias(jnp.concatenate([x, h], axis=-1) @ W, params.b), c)
+        return c, h
+
+    def body(carry, x):
+        new = tuple(step(c, h, xx) for (c, h), xx in zip(carry, (x[:half], x[half:]), strict=True))
+        return new, jnp.concatenate([new[0][1], new[1][1]], axis=0)
+
+    z = _zeros(params, xs)
+    return jax.lax.scan(body, ((z[:half], z[:half]), (z[half:], z[half:])), xs)[1]
+
+
+def _vjp_forward_loop(params, xs, keep):
+    W = jnp.concatenate([params.W_x, params.W_h], axis=0)
+
+    def body(carry, x):
+        c, h = carry
+        z = add_bias(jnp.concatenate([x, h], axis=-1) @ W, params.b)
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (c, h), ((h, jnp.concatenate([i, f, g, o], axis=-1), c) if keep else h)
+
+    z = _zeros(params, xs)
+    return jax.lax.scan(body, (z, z), xs)[1]
+
+
+@jax.custom_vjp
+def custom_vjp(params, xs):
+    return _vjp_forward_loop(params, xs, keep=False)
+
+
+def _custom_fwd(params, xs):
+    ys, gates, cs = _vjp_forward_loop(params, xs, keep=True)
+    return ys, (params, xs, ys, gates, cs)
+
+
+def _custom_bwd(res, dys):
+    params, xs, ys, gates, cs = res
+    T, B, F = xs.shape
+    z = jnp.zeros_like(cs[0])
+    c_prev = jnp.concatenate([z[None], cs[:-1]], axis=0)
+    W_hT = params.W_h.T
+
+    def body(carry, inp):
+        dc, dh = carry
+        dy, a, c, cp = inp
+        i, f, g, o = jnp.split(a, 4, axis=-1)
+        dh = dh + dy
+        tc = jnp.tanh(c)
+        dc = dc + dh * o * (1 - tc * tc)
+        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f),
+                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=-1)
+        return (dc * f, dz @ W_hT), dz
+
+    _, dzs = jax.lax.scan(body, (z, z), (dys, gates, cs, c_prev), reverse=True)
+    h_prev = jnp.concatenate([z[None], ys[:-1]], axis=0)
+    dz = dzs.reshape(T * B, -1)
+    grads = rnnlab.LSTMParams(W_x=xs.reshape(T * B, F).T @ dz,
+                              W_h=h_prev.reshape(T * B, -1).T @ dz, b=dz.sum(0))
+    return grads, (dz @ params.W_x.T).reshape(xs.shape)
+
+
+custom_vjp.defvjp(_custom_fwd, _custom_bwd)
+
+VARIANTS: dict[str, Callable[[Any, Any], Any]] = {
+    "base": base,
+    "unroll2": lambda p, x: base(p, x, unroll=2),
+    "unroll4": lambda p, x: base(p, x, unroll=4),
+    "hoisted": hoisted,
+    "one-tanh": one_tanh,
+    "batch-split": batch_split,
+    "custom-vjp": custom_vjp,
+}
+
+
+# ----------------------------------------------------------------------------- suite
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMVariantsBenchmark:
+    """python benchmarks/lstm_variants.py [--quick] — each idea for a faster LSTM scan
+    against the plain one (and PyTorch), min and median of interleaved rounds."""
+
+    sizes: tuple[str, ...] = dataclasses.field(
+        default=("small", "medium", "large"), metadata={"help": f"of {tuple(SIZES)}"})
+    variants: tuple[str, ...] = dataclasses.field(
+        default=tuple(VARIANTS), metadata={"help": f"of {tuple(VARIANTS)}"})
+    torch: bool = dataclasses.field(
+        default=True, metadata={"help": "also time torch.nn.LSTM if torch is importable"})
+    repeats: int = dataclasses.field(default=9, metadata={"help": "interleaved timed rounds"})
+    warmup: int = dataclasses.field(default=2, metadata={"help": "untimed calls after compiling"})
+    seed: int = 0
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": dict(sizes=("tiny",), torch=False, repeats=2, warmup=1),
+    }
+
+    def __post_init__(self):
+        for s in self.sizes:
+            if s not in SIZES:
+                raise ValueError(f"unknown size {s!r}; choose from {tuple(SIZES)}.")
+        for v in self.variants:
+            if v not in VARIANTS:
+                raise ValueError(f"unknown variant {v!r}; choose from {tuple(VARIANTS)}.")
+        if "base" not in self.variants:
+            raise ValueError("variants must include 'base' (the ratios are to it).")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ValueError("repeats >= 1 and warmup >= 0 are required.")
+
+
+def _torch_calls(T, B, F, H) -> dict[str, Callable[[], Any]]:
+    import torch
+
+    module = torch.nn.LSTM(F, H)
+    x = torch.randn(T, B, F, requires_grad=True)
+
+    def forward():
+        with torch.no_grad():
+            module(x)
+
+    def forward_backward():
+        ys, _ = module(x)
+        torch.autograd.grad(ys.square().mean(), [*module.parameters(), x])
+
+    return {"forward": forward, "forward+backward": forward_backward}
+
+
+def run(config: LSTMVariantsBenchmark) -> list[dict[str, Any]]:
+    use_torch = config.torch and torch_available()
+    if use_torch:
+        import os
+
+        import torch
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    rows = []
+    for size in config.sizes:
+        T, B, F, H = SIZES[size]
+        key = jax.random.key(config.seed)
+        params = rnnlab.lstm(H).init(key, F)
+        xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
+        calls: dict[str, dict[str, Callable[[], Any]]] = {p: {} for p in PASSES}
+        for name in config.variants:
+            fn = VARIANTS[name]
+            fwd = jax.jit(fn).lower(params, xs).compile()
+            grad = jax.jit(jax.grad(lambda p, x, fn=fn: jnp.mean(jnp.square(fn(p, x))),
+                                    argnums=(0, 1))).lower(params, xs).compile()
+            calls["forward"][name] = lambda c=fwd, a=(params, xs): jax.block_until_ready(c(*a))
+            calls["forward+backward"][name] = (
+                lambda c=grad, a=(params, xs): jax.block_until_ready(c(*a)))
+        if use_torch:
+            for pass_, call in _torch_calls(T, B, F, H).items():
+                calls[pass_]["torch"] = call
+        for pass_ in PASSES:
+            timed = time_interleaved(calls[pass_], warmup=config.warmup, repeats=config.repeats)
+            row = {"size": size, "T": T, "B": B, "F": F, "H": H, "pass": pass_, "times": timed}
+            rows.append(row)
+            base_min = timed["base"]["min_s"]
+            print(f"{size:6s} {pass_:16s} " + "  ".join(
+                f"{k} {1e3 * v['min_s']:.2f} ms ({v['min_s'] / base_min:.2f})"
+                for k, v in timed.items()), flush=True)
+    return rows
+
+
+def markdown(config, env, machine, rows) -> str:
+    names = list(rows[0]["times"]) if rows else []
+    lines = [
+        "# LSTM scan variants on CPU",
+        "",
+        f"Machine: {machine.get('cpu_model', '?')}, {machine['cores']} cores, load average "
+        f"{', '.join(f'{x:.2f}' for x in machine.get('load_average', ()))}; "
+        f"{env['device_kind']} ({env['backend']}); jax {env['jax']}, torch "
+        f"{env.get('torch', 'absent')}; {env['time_utc']}.",
+        "",
+        f"float32; {config.repeats} interleaved rounds after {config.warmup} warm-up calls. "
+        "Each cell: the minimum time in ms (what a quiet machine shows), and in brackets its "
+        "ratio to `base`, the plain `rnnlab.scan` (< 1: the variant is faster). Medians are in "
+        "the JSON. Variants are described in `benchmarks/lstm_variants.py`.",
+        "",
+        "| size (T,B,F,H) | pass | " + " | ".join(names) + " |",
+        "|---|---|" + "---:|" * len(names),
+    ]
+    for r in rows:
+        base_min = r["times"]["base"]["min_s"]
+        lines.append(f"| {r['size']} ({r['T']},{r['B']},{r['F']},{r['H']}) | {r['pass']} | "
+                     + " | ".join(f"{1e3 * r['times'][n]['min_s']:.2f} "
+                                  f"({r['times'][n]['min_s'] / base_min:.2f})" for n in names)
+                     + " |")
+    lines += ["", "Command: `" + " ".join(["python", *sys.argv]) + "`", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    config, ns = experiment.parse_config(
+        LSTMVariantsBenchmark, argv, prog="python benchmarks/lstm_variants.py")
+    env = experiment.environment_info()
+    if config.torch and torch_available():
+        import torch
+
+        env["torch"] = torch.__version__
+    machine = machine_info()
+    rows = run(config)
+    out = Path(ns.out) if ns.out else DEFAULT_OUT
+    stem = "lstm_variants_quick" if ns.preset == "quick" else "lstm_variants"
+    experiment.atomic_write_json(out / f"{stem}.json", {"config": config, "environment": env,
+                                                        "machine": machine, "results": rows})
+    experiment.atomic_write_text(out / f"{stem}.md", markdown(config, env, machine, rows))
+    print(f"wrote {out / (stem + '.md')} and {out / (stem + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
