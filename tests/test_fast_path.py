@@ -7,7 +7,9 @@ rnnlab.scan that changes the loop.
 """
 
 import functools
+import json
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -219,11 +221,42 @@ def test_benchmark_suite_runs_quick(tmp_path, load_script):
     module = load_script("benchmarks/run.py", name="rnnlab_bench_run")
     try:
         # torch is never imported by the tests: the suite runs without it here.
-        module.main(["--quick", "--frameworks", "rnnlab,rnnlab-fused,flax", "--out", str(tmp_path)])
+        module.main(["--quick", "--frameworks", "rnnlab,rnnlab-fused,flax,matmul-floor",
+                     "--out", str(tmp_path)])
     finally:
         del sys.modules["rnnlab_bench_run"]
     assert (tmp_path / "suite_quick.md").exists()
-    assert (tmp_path / "suite_quick.json").exists()
+    data = json.loads((tmp_path / "suite_quick.json").read_text())
+    assert {(r["cell"], r["pass"]) for r in data["results"]} == {
+        (c, p) for c in ("lstm", "gru", "elman") for p in ("forward", "forward+backward")}
+    for row in data["results"]:
+        for f in ("rnnlab", "rnnlab-fused", "flax", "matmul-floor"):
+            assert 0 < row[f]["min_s"] <= row[f]["median_s"], (row["cell"], f)
+        assert row["rnnlab/flax"] == row["rnnlab"]["median_s"] / row["flax"]["median_s"]
+
+
+def test_interleaved_timing_orders_and_counts(load_script):
+    """run.py's timer: every implementation gets `repeats` times, each round starts from a
+    different one, and a slower call measures slower."""
+    module = load_script("benchmarks/run.py", name="rnnlab_bench_run")
+    try:
+        order = []
+
+        def call(name, seconds):
+            def f():
+                order.append(name)
+                time.sleep(seconds)
+            return f
+
+        out = module.time_interleaved({"fast": call("fast", 0.001), "slow": call("slow", 0.02)},
+                                      warmup=1, repeats=4)
+    finally:
+        del sys.modules["rnnlab_bench_run"]
+    assert order == ["fast", "slow"] + ["fast", "slow", "slow", "fast"] * 2
+    assert len(out["fast"]["times_s"]) == len(out["slow"]["times_s"]) == 4
+    assert out["slow"]["min_s"] > out["fast"]["median_s"]
+    assert out["fast"]["min_s"] <= out["fast"]["median_s"]
+    assert out["slow"]["minor_faults_per_call"] >= 0
 
 
 @pytest.mark.slow  # ~15 s: seven variants, each compiled forward and forward+backward
