@@ -3,8 +3,18 @@
 For each cell (lstm, gru, elman) x size (small, medium, large) x pass (forward;
 forward+backward = gradient of the mean-squared outputs w.r.t. params and
 inputs), every implementation runs in the same process with the same thread
-count: compile (timed separately), warm up, then the median of ``repeats``
-timed calls. Alongside:
+count: compile (timed separately), warm up, then ``repeats`` interleaved rounds
+that call each implementation once, in rotating order, so that a busy moment on
+a shared machine lands on all of them. Reported: the median, the minimum (and
+the ratios of both to rnnlab), and the minor page faults per call.
+
+Implementations (``--frameworks``): ``rnnlab`` (``rnnlab.scan``), ``rnnlab-fused``
+(the opt-in ``rnnlab.fused`` derivative), ``flax`` (``flax.linen.RNN`` with the
+matching flax cell), ``torch`` (``nn.LSTM``/``nn.GRU``/``nn.RNN``; on CPU the LSTM
+runs oneDNN's fused LSTM primitive), ``torch-native`` (the same with oneDNN off:
+ATen's own loop) and ``matmul-floor`` (the same ``lax.scan`` with each step cut
+down to its one ``[x, h] @ W`` matmul: no scanned cell on the device can be
+faster). Alongside:
 
 - **GEMM fraction**: a large float32 matmul is timed in the same run; each
   implementation's achieved FLOP rate (the cell's matmul FLOPs: ``2 (F + H) G H``
@@ -61,11 +71,14 @@ REGISTRY_NAMES = {"lstm": "lstm", "gru": "gru", "elman": "elman-tanh"}  # as tor
 
 @dataclasses.dataclass(frozen=True)
 class SuiteBenchmark:
-    """python benchmarks/run.py [--quick] — rnnlab vs flax.linen.RNN vs PyTorch on this CPU.
+    """python benchmarks/run.py [--quick] — rnnlab vs flax.linen.RNN vs PyTorch on this device.
 
     Expect compile time flat in T, remat memory O(sqrt T) against O(T), and the
     ratios to PyTorch printed per cell and size (the targets: forward+backward
-    <= 0.8x PyTorch, forward <= 1.0x, never slower than flax)."""
+    <= 0.8x PyTorch, forward <= 1.0x, never slower than flax). Where rnnlab misses
+    one, compare with the matmul-floor column: on a 2-core CPU the matmuls alone
+    already took longer than PyTorch's oneDNN LSTM for the medium and large forward
+    and the medium forward+backward (benchmarks/results/speed_investigation.md)."""
 
     cells: tuple[str, ...] = dataclasses.field(
         default=("lstm", "gru", "elman"), metadata={"help": "lstm, gru, elman"})
