@@ -388,6 +388,31 @@ def test_fit_decay_rate_recovers_factor_and_skips_zeros():
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["orthogonal", "gru"])
+def test_diagnostics_prepare_once_and_match_unprepared(name):
+    """Cells with rnnlab.scan's `prepare` hook get it once per diagnostic call, and the
+    numbers equal those of the same cell without the hook (prepare inside every step)."""
+    base = rnnlab.registry.get(name, H)
+    calls = []
+    counted = base._replace(prepare=lambda p: calls.append(None) or base.prepare(p))
+    plain = rnnlab.Cell(base.init, base.initial_carry, base.step)  # no hook
+    params = base.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (T, B, F))
+
+    def loss(ys, carry):
+        return jnp.sum(jnp.sin(ys))
+
+    for fn, args in [
+        (diagnostics.carry_grad_norms, (xs, loss)),
+        (diagnostics.jacobian_norms, (xs[:, 0],)),
+        (diagnostics.lyapunov_exponents, (xs[:, 0], 2)),
+    ]:
+        calls.clear()
+        got = fn(counted, params, *args)
+        assert len(calls) == 1, fn.__name__
+        np.testing.assert_allclose(got, fn(plain, params, *args), rtol=1e-5, atol=1e-6)
+
+
 def test_errors():
     cell = rnnlab.registry.get("elman-tanh", H)
     params = cell.init(jax.random.key(0), F)

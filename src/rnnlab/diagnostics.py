@@ -166,9 +166,11 @@ def carry_grad_norms(
 
     wrapped = Cell(cell.init, _constant(carry), perturbed_step)
 
+    step_params = _prepared(cell, params)
+
     def loss_of_eps(eps):
         xs_and_eps = jnp.concatenate([xs.astype(eps_dtype), eps], axis=-1)
-        final_carry, ys = scan(wrapped, params, xs_and_eps, lengths=lengths)
+        final_carry, ys = scan(wrapped, step_params, xs_and_eps, lengths=lengths)
         loss = loss_fn(ys, final_carry)
         _check_scalar_loss(loss)
         return loss
@@ -247,15 +249,16 @@ def jacobian_norms(
     if vec0.size == 0:
         raise ValueError("the carry has no floating leaves; there is no state to differentiate.")
 
+    step_params = _prepared(cell, params)
     # carries_in[t] = c_{t-1}, the carry that step t reads.
-    _, carries_in = scan(_recording(cell, carry), params, xs)
+    _, carries_in = scan(_recording(cell, carry), step_params, xs)
 
     def back(P, c_prev_and_x):  # P = dc_{T-1}/dc_t  ->  dc_{T-1}/dc_{t-1}
         c_prev, x = c_prev_and_x
         v, rebuild = _state_vector(c_prev)
 
         def step_map(u):
-            return _state_vector(cell.step(params, rebuild(u), x)[0])[0]
+            return _state_vector(cell.step(step_params, rebuild(u), x)[0])[0]
 
         _, vjp = jax.vjp(step_map, v)
         P_prev = jax.vmap(lambda row: vjp(row)[0])(P)
@@ -353,7 +356,7 @@ def lyapunov_exponents(
         return (new_c, Q), jnp.log(jnp.abs(jnp.diagonal(R)))
 
     tracker = Cell(cell.init, _constant((carry, jnp.eye(dim, k, dtype=vec0.dtype))), qr_step)
-    _, log_r = scan(tracker, params, xs)  # [T, k]
+    _, log_r = scan(tracker, _prepared(cell, params), xs)  # [T, k]
     exponents = jnp.mean(log_r[transient:], axis=0)
     return -jnp.sort(-exponents)
 
@@ -485,6 +488,17 @@ def _state_vector(carry: Carry) -> tuple[Array, Callable[[Array], Carry]]:
         return treedef.unflatten(out)
 
     return vec, rebuild
+
+
+def _prepared(cell: Any, params: Params) -> Params:
+    """``cell.prepare(params)`` if the cell has rnnlab.scan's ``prepare`` hook, else ``params``.
+
+    The diagnostics scan wrapper cells (without the hook) over ``cell.step``; handing
+    them prepared params keeps the loop-invariant work (the orthogonal cell's matrix
+    exponential, the GRU's weight blocks) out of the loop, as ``rnnlab.scan`` does.
+    """
+    prepare = getattr(cell, "prepare", None)
+    return prepare(params) if callable(prepare) else params
 
 
 def _recording(cell: Any, carry: Carry) -> Cell:
