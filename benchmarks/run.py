@@ -9,12 +9,12 @@ a shared machine lands on all of them. Reported: the median, the minimum (and
 the ratios of both to rnnlab), and the minor page faults per call.
 
 Implementations (``--frameworks``): ``rnnlab`` (``rnnlab.scan``), ``rnnlab-fused``
-(the opt-in ``rnnlab.fused`` derivative), ``flax`` (``flax.linen.RNN`` with the
-matching flax cell), ``torch`` (``nn.LSTM``/``nn.GRU``/``nn.RNN``; on CPU the LSTM
-runs oneDNN's fused LSTM primitive), ``torch-native`` (the same with oneDNN off:
-ATen's own loop) and ``matmul-floor`` (the same ``lax.scan`` with each step cut
-down to its one ``[x, h] @ W`` matmul: no scanned cell on the device can be
-faster). Alongside:
+(the opt-in ``rnnlab.fused`` derivative), ``rnnlab-remat`` (``remat=True``; not in
+the default set), ``flax`` (``flax.linen.RNN`` with the matching flax cell),
+``torch`` (``nn.LSTM``/``nn.GRU``/``nn.RNN``; on CPU the LSTM runs oneDNN's fused
+LSTM primitive), ``torch-native`` (the same with oneDNN off: ATen's own loop) and
+``matmul-floor`` (the same ``lax.scan`` with each step cut down to its one
+``[x, h] @ W`` matmul: no scanned cell on the device can be faster). Alongside:
 
 - **GEMM fraction**: a large float32 matmul is timed in the same run; each
   implementation's achieved FLOP rate (the cell's matmul FLOPs: ``2 (F + H) G H``
@@ -86,9 +86,9 @@ class SuiteBenchmark:
         default=("small", "medium", "large"), metadata={"help": f"of {tuple(SIZES)}"})
     frameworks: tuple[str, ...] = dataclasses.field(
         default=("rnnlab", "rnnlab-fused", "flax", "torch", "torch-native", "matmul-floor"),
-        metadata={"help": "rnnlab, rnnlab-fused, flax, torch, torch-native (oneDNN off), "
-                  "matmul-floor (the scan with only its matmul); torch ones skipped if torch "
-                  "is not importable"})
+        metadata={"help": "rnnlab, rnnlab-fused, rnnlab-remat (remat=True), flax, torch, "
+                  "torch-native (oneDNN off), matmul-floor (the scan with only its matmul); "
+                  "torch ones skipped if torch is not importable"})
     repeats: int = dataclasses.field(
         default=9, metadata={"help": "interleaved timed rounds; median (and min) reported"})
     warmup: int = dataclasses.field(default=2, metadata={"help": "untimed calls after compiling"})
@@ -210,11 +210,11 @@ def _jax_passes(forward: Callable, params, xs) -> dict[str, Callable]:
 # Each returns {pass: {"call": blocking zero-argument callable, "compile_s": seconds}}.
 
 
-def prepare_rnnlab(cell_name, T, B, F, H, key, *, fused_path=False):
+def prepare_rnnlab(cell_name, T, B, F, H, key, *, fused_path=False, remat=False):
     cell = rnnlab.registry.get(REGISTRY_NAMES[cell_name], H)
     params = cell.init(key, F)
     xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
-    fns = _jax_passes(lambda p, x: rnnlab.scan(cell, p, x)[1], params, xs)
+    fns = _jax_passes(lambda p, x: rnnlab.scan(cell, p, x, remat=remat)[1], params, xs)
     previous = rnnlab.fused.ENABLED
     rnnlab.fused.ENABLED = fused_path  # read while tracing, i.e. inside the compile
     try:
@@ -287,6 +287,9 @@ FRAMEWORKS = {
     "rnnlab": prepare_rnnlab,
     # rnnlab.scan with rnnlab.fused's hand-written whole-sequence derivative (off by default).
     "rnnlab-fused": functools.partial(prepare_rnnlab, fused_path=True),
+    # rnnlab.scan(remat=True): the backward pass recomputes each chunk of sqrt(T) steps
+    # instead of reading every step's stored intermediates back from memory.
+    "rnnlab-remat": functools.partial(prepare_rnnlab, remat=True),
     "flax": prepare_flax,
     # torch.nn.LSTM on CPU runs oneDNN's fused LSTM primitive (aten::mkldnn_rnn_layer);
     # GRU and RNN run ATen's own loop. torch-native switches oneDNN off, so that
@@ -297,7 +300,7 @@ FRAMEWORKS = {
 }
 TORCH_FRAMEWORKS = ("torch", "torch-native")
 # The columns rnnlab is compared against, in table order.
-COMPARED = ("rnnlab-fused", "flax", "torch", "torch-native", "matmul-floor")
+COMPARED = ("rnnlab-fused", "rnnlab-remat", "flax", "torch", "torch-native", "matmul-floor")
 
 
 def torch_available() -> bool:
