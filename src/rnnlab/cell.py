@@ -61,6 +61,13 @@ class PreparedCell(NamedTuple):
     prepare: Callable[[Params], Params]
 
 
+def prepare_params(cell: Any, params: Params) -> Params:
+    """``cell.prepare(params)`` if ``cell`` has a callable ``prepare`` (see
+    :class:`PreparedCell`), else ``params`` unchanged."""
+    prepare = getattr(cell, "prepare", None)
+    return prepare(params) if callable(prepare) else params
+
+
 def check_cell(cell: Any, name: str = "cell") -> None:
     """Raises TypeError unless ``cell`` has callable init/initial_carry/step."""
     missing = [f for f in Cell._fields if not callable(getattr(cell, f, None))]

@@ -55,6 +55,7 @@ from rnnlab.cell import (
     check_carry,
     check_cell,
     check_float_input,
+    prepare_params,
 )
 from rnnlab.scan import scan
 
@@ -166,7 +167,7 @@ def carry_grad_norms(
 
     wrapped = Cell(cell.init, _constant(carry), perturbed_step)
 
-    step_params = _prepared(cell, params)
+    step_params = prepare_params(cell, params)
 
     def loss_of_eps(eps):
         xs_and_eps = jnp.concatenate([xs.astype(eps_dtype), eps], axis=-1)
@@ -249,7 +250,7 @@ def jacobian_norms(
     if vec0.size == 0:
         raise ValueError("the carry has no floating leaves; there is no state to differentiate.")
 
-    step_params = _prepared(cell, params)
+    step_params = prepare_params(cell, params)
     # carries_in[t] = c_{t-1}, the carry that step t reads.
     _, carries_in = scan(_recording(cell, carry), step_params, xs)
 
@@ -356,7 +357,7 @@ def lyapunov_exponents(
         return (new_c, Q), jnp.log(jnp.abs(jnp.diagonal(R)))
 
     tracker = Cell(cell.init, _constant((carry, jnp.eye(dim, k, dtype=vec0.dtype))), qr_step)
-    _, log_r = scan(tracker, _prepared(cell, params), xs)  # [T, k]
+    _, log_r = scan(tracker, prepare_params(cell, params), xs)  # [T, k]
     exponents = jnp.mean(log_r[transient:], axis=0)
     return -jnp.sort(-exponents)
 
@@ -488,17 +489,6 @@ def _state_vector(carry: Carry) -> tuple[Array, Callable[[Array], Carry]]:
         return treedef.unflatten(out)
 
     return vec, rebuild
-
-
-def _prepared(cell: Any, params: Params) -> Params:
-    """``cell.prepare(params)`` if the cell has rnnlab.scan's ``prepare`` hook, else ``params``.
-
-    The diagnostics scan wrapper cells (without the hook) over ``cell.step``; handing
-    them prepared params keeps the loop-invariant work (the orthogonal cell's matrix
-    exponential, the GRU's weight blocks) out of the loop, as ``rnnlab.scan`` does.
-    """
-    prepare = getattr(cell, "prepare", None)
-    return prepare(params) if callable(prepare) else params
 
 
 def _recording(cell: Any, carry: Carry) -> Cell:

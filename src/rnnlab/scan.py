@@ -30,6 +30,7 @@ from rnnlab.cell import (
     check_cell,
     check_choice,
     check_float_input,
+    prepare_params,
 )
 
 MODES = ("sequential", "parallel", "auto")
@@ -246,12 +247,11 @@ def scan(
         return carry, ys
 
     gated = fused.get_gated(cell) if fused.ENABLED and remat is False else None
-    prepare = getattr(cell, "prepare", None)
-    if callable(prepare) and gated is None:
+    if gated is None:
         # Loop-invariant work on the params (e.g. a matrix exponential), done
         # once here: inside the body its derivative would be transposed at
         # every step of the backward pass.
-        params = prepare(params)
+        params = prepare_params(cell, params)
     if gated is not None:
         # Same values as the loop below; a hand-written derivative whose weight
         # gradients are one matmul over all steps (rnnlab.fused).

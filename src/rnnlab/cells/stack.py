@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from rnnlab.cell import Cell, check_batch_shape, check_cell
+from rnnlab.cell import Cell, PreparedCell, check_batch_shape, check_cell, prepare_params
 
 
 def stack(cells: Sequence[Cell]) -> Cell:
@@ -64,18 +63,6 @@ def stack(cells: Sequence[Cell]) -> Cell:
     def prepare(params):
         # Passes each layer's loop-invariant work (rnnlab.scan's `prepare` hook)
         # through, so a stack of e.g. orthogonal cells also does it once per call.
-        return tuple(
-            c.prepare(p) if callable(getattr(c, "prepare", None)) else p
-            for c, p in zip(cells, params, strict=True)
-        )
+        return tuple(prepare_params(c, p) for c, p in zip(cells, params, strict=True))
 
-    return PreparedStack(init, initial_carry, step, prepare)
-
-
-class PreparedStack(NamedTuple):
-    """A stacked :class:`rnnlab.Cell` plus ``prepare``, when some layer has one."""
-
-    init: Callable[..., Any]
-    initial_carry: Callable[..., Any]
-    step: Callable[..., Any]
-    prepare: Callable[[Any], Any]
+    return PreparedCell(init, initial_carry, step, prepare)
