@@ -42,13 +42,21 @@ import numpy as np
 
 import rnnlab
 from rnnlab import experiment
-from rnnlab.cell import add_bias
+from rnnlab.cell import add_bias, check_choice
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import SIZES, machine_info, time_interleaved, torch_available  # noqa: E402
+from run import (  # noqa: E402
+    PASSES,
+    SIZES,
+    _jax_passes,
+    _jax_prepared,
+    machine_info,
+    prepare_torch,
+    time_interleaved,
+    torch_available,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-PASSES = ("forward", "forward+backward")
 
 
 # ----------------------------------------------------------------------------- variants
@@ -205,32 +213,13 @@ class LSTMVariantsBenchmark:
 
     def __post_init__(self):
         for s in self.sizes:
-            if s not in SIZES:
-                raise ValueError(f"unknown size {s!r}; choose from {tuple(SIZES)}.")
+            check_choice(s, tuple(SIZES), "sizes")
         for v in self.variants:
-            if v not in VARIANTS:
-                raise ValueError(f"unknown variant {v!r}; choose from {tuple(VARIANTS)}.")
+            check_choice(v, tuple(VARIANTS), "variants")
         if "base" not in self.variants:
             raise ValueError("variants must include 'base' (the ratios are to it).")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError("repeats >= 1 and warmup >= 0 are required.")
-
-
-def _torch_calls(T, B, F, H) -> dict[str, Callable[[], Any]]:
-    import torch
-
-    module = torch.nn.LSTM(F, H)
-    x = torch.randn(T, B, F, requires_grad=True)
-
-    def forward():
-        with torch.no_grad():
-            module(x)
-
-    def forward_backward():
-        ys, _ = module(x)
-        torch.autograd.grad(ys.square().mean(), [*module.parameters(), x])
-
-    return {"forward": forward, "forward+backward": forward_backward}
 
 
 def run(config: LSTMVariantsBenchmark) -> list[dict[str, Any]]:
@@ -249,16 +238,11 @@ def run(config: LSTMVariantsBenchmark) -> list[dict[str, Any]]:
         xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
         calls: dict[str, dict[str, Callable[[], Any]]] = {p: {} for p in PASSES}
         for name in config.variants:
-            fn = VARIANTS[name]
-            fwd = jax.jit(fn).lower(params, xs).compile()
-            grad = jax.jit(jax.grad(lambda p, x, fn=fn: jnp.mean(jnp.square(fn(p, x))),
-                                    argnums=(0, 1))).lower(params, xs).compile()
-            calls["forward"][name] = lambda c=fwd, a=(params, xs): jax.block_until_ready(c(*a))
-            calls["forward+backward"][name] = (
-                lambda c=grad, a=(params, xs): jax.block_until_ready(c(*a)))
+            for pass_, fn in _jax_passes(VARIANTS[name], params, xs).items():
+                calls[pass_][name] = _jax_prepared(fn, (params, xs))["call"]
         if use_torch:
-            for pass_, call in _torch_calls(T, B, F, H).items():
-                calls[pass_]["torch"] = call
+            for pass_, prepared in prepare_torch("lstm", T, B, F, H, key).items():
+                calls[pass_]["torch"] = prepared["call"]
         for pass_ in PASSES:
             timed = time_interleaved(calls[pass_], warmup=config.warmup, repeats=config.repeats)
             row = {"size": size, "T": T, "B": B, "F": F, "H": H, "pass": pass_, "times": timed}

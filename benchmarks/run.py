@@ -56,6 +56,7 @@ import jax.numpy as jnp
 
 import rnnlab
 from rnnlab import experiment
+from rnnlab.cell import check_choice
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 PASSES = ("forward", "forward+backward")
@@ -117,14 +118,11 @@ class SuiteBenchmark:
 
     def __post_init__(self):
         for c in self.cells:
-            if c not in GATES:
-                raise ValueError(f"unknown cell {c!r}; choose from {tuple(GATES)}.")
+            check_choice(c, tuple(GATES), "cells")
         for s in self.sizes:
-            if s not in SIZES:
-                raise ValueError(f"unknown size {s!r}; choose from {tuple(SIZES)}.")
+            check_choice(s, tuple(SIZES), "sizes")
         for f in self.frameworks:
-            if f not in FRAMEWORKS:
-                raise ValueError(f"unknown framework {f!r}; choose from {tuple(FRAMEWORKS)}.")
+            check_choice(f, tuple(FRAMEWORKS), "frameworks")
         if self.repeats < 1 or self.warmup < 0 or self.gemm_size < 1:
             raise ValueError("repeats >= 1, warmup >= 0 and gemm_size >= 1 are required.")
         if len(self.memory_size) != 3:
