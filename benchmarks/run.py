@@ -8,11 +8,13 @@ that call each implementation once, in rotating order, so that a busy moment on
 a shared machine lands on all of them. Reported: the median, the minimum (and
 the ratios of both to rnnlab), and the minor page faults per call.
 
-Implementations (``--frameworks``): ``rnnlab`` (``rnnlab.scan``), ``rnnlab-fused``
-(the opt-in ``rnnlab.fused`` derivative), ``rnnlab-remat`` (``remat=True``; not in
-the default set), ``flax`` (``flax.linen.RNN`` with the matching flax cell),
-``torch`` (``nn.LSTM``/``nn.GRU``/``nn.RNN``; on CPU the LSTM runs oneDNN's fused
-LSTM primitive), ``torch-native`` (the same with oneDNN off: ATen's own loop) and
+Implementations (``--frameworks``): ``rnnlab`` (``rnnlab.scan`` as it comes),
+``rnnlab-fused`` and ``rnnlab-plain`` (the ``rnnlab.fused`` whole-sequence
+derivative forced on or off; by default it is on for GPUs only), ``rnnlab-remat``
+(``remat=True``; not in the default set), ``flax`` (``flax.linen.RNN`` with the
+matching flax cell), ``torch`` (``nn.LSTM``/``nn.GRU``/``nn.RNN``; on CPU the LSTM
+runs oneDNN's fused LSTM primitive, on CUDA all three run cuDNN), ``torch-native``
+(the same with that vendor library off: ATen's own loop) and
 ``matmul-floor`` (the same ``lax.scan`` with each step cut down to its one
 ``[x, h] @ W`` matmul: no scanned cell on the device can be faster). Alongside:
 
@@ -66,6 +68,15 @@ SIZES: dict[str, tuple[int, int, int, int]] = {  # name -> (T, B, F, H)
     "medium": (100, 32, 32, 128),
     "large": (500, 64, 64, 256),
 }
+# precision -> (jax_default_matmul_precision, PyTorch's allow_tf32 for cuBLAS and cuDNN).
+# On GPUs, JAX's float32 matmuls default to TF32 while PyTorch's cuBLAS ones do not
+# (its cuDNN RNNs do), so the suite pins both to the same arithmetic.
+PRECISIONS = {"float32": ("highest", False), "tf32": ("tensorfloat32", True)}
+PRECISION_NOTES = {
+    "float32": "JAX at precision 'highest', PyTorch with allow_tf32 off for cuBLAS and cuDNN",
+    "tf32": "JAX at precision 'tensorfloat32', PyTorch with allow_tf32 on for cuBLAS and cuDNN; "
+            "on a CPU the same as float32",
+}
 GATES = {"lstm": 4, "gru": 3, "elman": 1}
 REGISTRY_NAMES = {"lstm": "lstm", "gru": "gru", "elman": "elman-tanh"}  # as torch/flax defaults
 
@@ -87,7 +98,8 @@ class SuiteBenchmark:
         default=("small", "medium", "large"), metadata={"help": f"of {tuple(SIZES)}"})
     frameworks: tuple[str, ...] = dataclasses.field(
         default=("rnnlab", "rnnlab-fused", "flax", "torch", "torch-native", "matmul-floor"),
-        metadata={"help": "rnnlab, rnnlab-fused, rnnlab-remat (remat=True), flax, torch, "
+        metadata={"help": "rnnlab, rnnlab-fused (rnnlab.fused on), rnnlab-plain (off), "
+                  "rnnlab-remat (remat=True), flax, torch, "
                   "torch-native (oneDNN off), matmul-floor (the scan with only its matmul); "
                   "torch ones skipped if torch is not importable"})
     repeats: int = dataclasses.field(
@@ -104,6 +116,12 @@ class SuiteBenchmark:
         default=(32, 1, 256), metadata={"help": "B,F,H of the memory study (an LSTM)"})
     remat_timing_length: int = dataclasses.field(
         default=2000, metadata={"help": "T at which each remat setting is also timed"})
+    precision: str = dataclasses.field(
+        default="float32",
+        metadata={"help": "float32 (true float32 matmuls everywhere) or tf32 (JAX's and "
+                  "PyTorch's TensorFloat-32 matmuls on GPUs that have them; no effect on CPU)"})
+    torch_device: str = dataclasses.field(
+        default="auto", metadata={"help": "auto (cuda when JAX runs on a GPU), cpu or cuda"})
     diagnostics: bool = dataclasses.field(
         default=True, metadata={"help": "time carry_grad_norms against a plain backward"})
     long_run: bool = dataclasses.field(
@@ -123,6 +141,8 @@ class SuiteBenchmark:
             check_choice(s, tuple(SIZES), "sizes")
         for f in self.frameworks:
             check_choice(f, tuple(FRAMEWORKS), "frameworks")
+        check_choice(self.precision, PRECISIONS, "precision")
+        check_choice(self.torch_device, ("auto", "cpu", "cuda"), "torch_device")
         if self.repeats < 1 or self.warmup < 0 or self.gemm_size < 1:
             raise ValueError("repeats >= 1, warmup >= 0 and gemm_size >= 1 are required.")
         if len(self.memory_size) != 3:
@@ -208,7 +228,9 @@ def _jax_passes(forward: Callable, params, xs) -> dict[str, Callable]:
 # Each returns {pass: {"call": blocking zero-argument callable, "compile_s": seconds}}.
 
 
-def prepare_rnnlab(cell_name, T, B, F, H, key, *, fused_path=False, remat=False):
+def prepare_rnnlab(cell_name, T, B, F, H, key, *, fused_path=None, remat=False):
+    """rnnlab.scan; ``fused_path`` sets rnnlab.fused.ENABLED while compiling (None: the
+    library's default, the plain derivative on CPU and the fused one on GPU)."""
     cell = rnnlab.registry.get(REGISTRY_NAMES[cell_name], H)
     params = cell.init(key, F)
     xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
@@ -260,22 +282,33 @@ def prepare_matmul_floor(cell_name, T, B, F, H, key):
     return {k: _jax_prepared(f, (W, xs)) for k, f in _jax_passes(forward, W, xs).items()}
 
 
-def prepare_torch(cell_name, T, B, F, H, key, *, onednn=True):
+def prepare_torch(cell_name, T, B, F, H, key, *, vendor=True, device="cpu"):
+    """torch.nn.LSTM/GRU/RNN on ``device``; ``vendor=False`` switches its vendor library
+    off (oneDNN on CPU, cuDNN on CUDA), leaving ATen's own loop."""
     import torch
 
     torch.manual_seed(0)
     module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}[cell_name](F, H)
-    x = torch.randn(T, B, F, requires_grad=True)
+    module = module.to(device)
+    x = torch.randn(T, B, F, device=device, requires_grad=True)
     params = list(module.parameters())
+    if device == "cuda":
+        flags = functools.partial(torch.backends.cudnn.flags, enabled=vendor)
+        sync = torch.cuda.synchronize
+    else:
+        flags = functools.partial(torch.backends.mkldnn.flags, enabled=vendor)
+        sync = lambda: None  # noqa: E731  (CPU calls return when done)
 
     def forward():
-        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
+        with torch.no_grad(), flags():
             module(x)
+        sync()
 
     def forward_backward():
-        with torch.backends.mkldnn.flags(enabled=onednn):
+        with flags():
             ys, _ = module(x)
             torch.autograd.grad(ys.square().mean(), [*params, x])
+        sync()
 
     return {"forward": {"compile_s": 0.0, "call": forward},
             "forward+backward": {"compile_s": 0.0, "call": forward_backward}}
@@ -283,22 +316,26 @@ def prepare_torch(cell_name, T, B, F, H, key, *, onednn=True):
 
 FRAMEWORKS = {
     "rnnlab": prepare_rnnlab,
-    # rnnlab.scan with rnnlab.fused's hand-written whole-sequence derivative (off by default).
+    # rnnlab.scan with rnnlab.fused's hand-written whole-sequence derivative (the default
+    # on GPU only) ...
     "rnnlab-fused": functools.partial(prepare_rnnlab, fused_path=True),
+    # ... and with the plain derivative of the lax.scan (what "rnnlab" is on CPU).
+    "rnnlab-plain": functools.partial(prepare_rnnlab, fused_path=False),
     # rnnlab.scan(remat=True): the backward pass recomputes each chunk of sqrt(T) steps
     # instead of reading every step's stored intermediates back from memory.
     "rnnlab-remat": functools.partial(prepare_rnnlab, remat=True),
     "flax": prepare_flax,
     # torch.nn.LSTM on CPU runs oneDNN's fused LSTM primitive (aten::mkldnn_rnn_layer);
-    # GRU and RNN run ATen's own loop. torch-native switches oneDNN off, so that
-    # the LSTM rows show what that primitive is worth.
+    # GRU and RNN run ATen's own loop. On CUDA all three run cuDNN's RNN. torch-native
+    # switches the vendor library off, so that those rows show what it is worth.
     "torch": prepare_torch,
-    "torch-native": functools.partial(prepare_torch, onednn=False),
+    "torch-native": functools.partial(prepare_torch, vendor=False),
     "matmul-floor": prepare_matmul_floor,
 }
 TORCH_FRAMEWORKS = ("torch", "torch-native")
 # The columns rnnlab is compared against, in table order.
-COMPARED = ("rnnlab-fused", "rnnlab-remat", "flax", "torch", "torch-native", "matmul-floor")
+COMPARED = ("rnnlab-fused", "rnnlab-plain", "rnnlab-remat", "flax", "torch", "torch-native",
+            "matmul-floor")
 
 
 def torch_available() -> bool:
@@ -314,19 +351,34 @@ def cell_flops(cell_name: str, T: int, B: int, F: int, H: int, pass_: str) -> fl
     return forward if pass_ == "forward" else 3.0 * forward
 
 
-def gemm_throughput(n: int, warmup: int, repeats: int, use_torch: bool) -> dict[str, Any]:
-    """FLOP/s of an ``n x n`` float32 matmul, in JAX (and PyTorch if present)."""
+def gemm_throughput(n: int, warmup: int, repeats: int, torch_device: str | None) -> dict[str, Any]:
+    """FLOP/s of an ``n x n`` float32 matmul, in JAX (and PyTorch on ``torch_device``)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     res = _jax_timed(jnp.matmul, (a, a), warmup, max(repeats, 5))
     out = {"n": n, "jax_flops": 2.0 * n**3 / res["median_s"]}
-    if use_torch:
+    if torch_device:
         import torch
 
-        t = torch.randn(n, n)
-        tt = median_time(lambda: torch.mm(t, t), warmup=warmup, repeats=max(repeats, 5))
+        t = torch.randn(n, n, device=torch_device)
+
+        def mm():
+            torch.mm(t, t)
+            if torch_device == "cuda":
+                torch.cuda.synchronize()
+
+        tt = median_time(mm, warmup=warmup, repeats=max(repeats, 5))
         out["torch_flops"] = 2.0 * n**3 / tt["median_s"]
     out["reference_flops"] = max(v for k, v in out.items() if k.endswith("_flops"))
     return out
+
+
+def resolve_torch_device(requested: str) -> str:
+    """``auto``: cuda when JAX's default backend is a GPU and PyTorch sees one, else cpu."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 # ----------------------------------------------------------------------------- studies
@@ -437,8 +489,12 @@ try:
     peak = int(next(l for l in status if l.startswith("VmHWM")).split()[1]) * 1024
 except (OSError, StopIteration):
     pass
-print(json.dumps({{"T": T, "B": B, "F": F, "H": H, "remat": "sqrt",
-    "seconds": elapsed, "peak_rss_bytes": peak}}))
+out = {{"T": T, "B": B, "F": F, "H": H, "remat": "sqrt", "device": jax.devices()[0].device_kind,
+    "seconds": elapsed, "peak_rss_bytes": peak}}
+stats = jax.devices()[0].memory_stats() or {{}}  # accelerators: the allocator's own peak
+if "peak_bytes_in_use" in stats:
+    out["device_peak_bytes"] = stats["peak_bytes_in_use"]
+print(json.dumps(out))
 """
 
 
@@ -448,8 +504,10 @@ def long_run(T=100_000, B=32, F=1, H=256) -> dict[str, Any]:
     if proc.returncode:
         return {"error": proc.stderr[-2000:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    device = (f", device peak {out['device_peak_bytes'] / 2**30:.2f} GiB"
+              if "device_peak_bytes" in out else "")
     print(f"long run T={T}: {out['seconds']:.1f} s, peak RSS "
-          f"{out['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+          f"{out['peak_rss_bytes'] / 2**30:.2f} GiB{device}", flush=True)
     return out
 
 
@@ -481,15 +539,26 @@ def machine_info() -> dict[str, Any]:
 
 
 def run(config: SuiteBenchmark) -> dict[str, Any]:
+    jax_precision, tf32 = PRECISIONS[config.precision]
+    # A context, not a global switch: it applies to everything traced (so compiled) inside.
+    with jax.default_matmul_precision(jax_precision):
+        return _run(config, tf32)
+
+
+def _run(config: SuiteBenchmark, tf32: bool) -> dict[str, Any]:
     frameworks = [f for f in config.frameworks
                   if f not in TORCH_FRAMEWORKS or torch_available()]
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     use_torch = any(f in TORCH_FRAMEWORKS for f in frameworks)
+    torch_device = None
     if use_torch:
         import torch
 
         torch.set_num_threads(threads)
-    gemm_start = gemm_throughput(config.gemm_size, config.warmup, config.repeats, use_torch)
+        torch_device = resolve_torch_device(config.torch_device)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    gemm_start = gemm_throughput(config.gemm_size, config.warmup, config.repeats, torch_device)
     print(f"GEMM {config.gemm_size}^2: {gemm_start['reference_flops'] / 1e9:.1f} GFLOP/s",
           flush=True)
     key = jax.random.key(config.seed)
@@ -497,7 +566,10 @@ def run(config: SuiteBenchmark) -> dict[str, Any]:
     for cell_name in config.cells:
         for size in config.sizes:
             T, B, F, H = SIZES[size]
-            prepared = {f: FRAMEWORKS[f](cell_name, T, B, F, H, key) for f in frameworks}
+            prepared = {f: FRAMEWORKS[f](cell_name, T, B, F, H, key,
+                                         **({"device": torch_device}
+                                            if f in TORCH_FRAMEWORKS else {}))
+                        for f in frameworks}
             for pass_ in PASSES:
                 timed = time_interleaved({f: prepared[f][pass_]["call"] for f in frameworks},
                                          warmup=config.warmup, repeats=config.repeats)
@@ -514,7 +586,7 @@ def run(config: SuiteBenchmark) -> dict[str, Any]:
             del prepared
     # The machine is shared: GEMM is timed before and after the table and the
     # faster of the two is the reference, so a busy moment cannot inflate the fractions.
-    gemm_end = gemm_throughput(config.gemm_size, config.warmup, config.repeats, use_torch)
+    gemm_end = gemm_throughput(config.gemm_size, config.warmup, config.repeats, torch_device)
     gemm = {"n": config.gemm_size, "start": gemm_start, "end": gemm_end,
             "reference_flops": max(gemm_start["reference_flops"], gemm_end["reference_flops"])}
     print(f"GEMM reference (max of start, end): {gemm['reference_flops'] / 1e9:.1f} GFLOP/s",
@@ -523,6 +595,7 @@ def run(config: SuiteBenchmark) -> dict[str, Any]:
         for f in frameworks:
             row[f]["gemm_fraction"] = row["flops"] / row[f]["median_s"] / gemm["reference_flops"]
     out: dict[str, Any] = {"gemm": gemm, "threads": threads, "frameworks": frameworks,
+                           "torch_device": torch_device, "precision": config.precision,
                            "results": rows}
     if config.compile_lengths:
         out["compile_vs_T"] = compile_vs_length(config.compile_lengths, config.warmup)
@@ -560,17 +633,20 @@ def markdown(config: SuiteBenchmark, env: dict[str, Any], machine, out) -> str:
         "machine: other jobs ran during the measurement, so single entries can be outliers; "
         "PyTorch's OpenMP threads suffer most when cores are oversubscribed); "
         f"{env['device_kind']} ({env['backend']}); jax {env['jax']}, flax {env.get('flax', '?')}, "
-        f"torch {env.get('torch', 'absent')}; {env['time_utc']}.",
+        f"torch {env.get('torch', 'absent')} on {out.get('torch_device') or '-'}; "
+        f"{env['time_utc']}.",
         "",
-        f"float32; {config.repeats} rounds after {config.warmup} warm-up calls, each round "
+        f"float32 data, {out['precision']} matmuls ({PRECISION_NOTES[out['precision']]}); "
+        f"{config.repeats} rounds after {config.warmup} warm-up calls, each round "
         "calling every implementation once, in rotating order (compilation excluded); the "
         "table shows medians, the JSON keeps every time. forward+backward = gradient of "
         "mean(ys^2) w.r.t. params and inputs. GEMM reference: "
         f"{out['gemm']['reference_flops'] / 1e9:.1f} GFLOP/s ({out['gemm']['n']}^2 float32 "
         "matmul); % = the cell's matmul FLOPs per second over it. rnnlab/X < 1: rnnlab is "
         "faster; (min) = the ratio of the fastest rounds, what a quiet machine would show. "
-        "torch-native: PyTorch with oneDNN switched off (for the LSTM, ATen's own loop instead "
-        "of oneDNN's fused LSTM primitive; GRU and RNN never use oneDNN). matmul-floor: the "
+        "torch-native: PyTorch with its vendor library switched off (on CPU oneDNN: for the LSTM, "
+        "ATen's own loop instead of oneDNN's fused LSTM primitive, GRU and RNN never use it; "
+        "on CUDA cuDNN, which runs all three). matmul-floor: the "
         "same lax.scan with each step cut down to its one [x, h] @ W matmul.",
         "",
     ]
