@@ -40,7 +40,7 @@ OPTIONS = {
 
 @pytest.fixture
 def fast_path(monkeypatch):
-    """Turns the fast path on (it is off by default: see rnnlab.fused.ENABLED)."""
+    """Turns the fast path on (by default it is on for GPUs only: rnnlab.fused.ENABLED)."""
     monkeypatch.setattr(fused, "ENABLED", True)
 
 
@@ -80,6 +80,25 @@ def _loss(cell, kwargs, params, xs):
     return jnp.sum(weights * ys) + sum(jnp.sum(jnp.cos(c)) for c in jax.tree.leaves(carry))
 
 
+@pytest.mark.parametrize("setting, backend, expected", [
+    (None, "cpu", False), (None, "gpu", True), (None, "tpu", False),
+    (True, "cpu", True), (False, "gpu", False),
+])
+def test_the_fast_path_defaults_to_gpus_only(monkeypatch, setting, backend, expected):
+    """ENABLED=None resolves by JAX's default backend; True/False override it. rnnlab.scan
+    follows the resolved value (counted by wrapping fused.gated_scan)."""
+    monkeypatch.setattr(fused, "ENABLED", setting)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert fused.enabled() is expected
+    calls = []
+    original = fused.gated_scan
+    monkeypatch.setattr(fused, "gated_scan", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cell = rnnlab.lstm(H)
+    params = cell.init(jax.random.key(0), F)
+    rnnlab.scan(cell, params, jnp.ones((T, B, F)))
+    assert len(calls) == int(expected)
+
+
 def test_the_cells_have_the_fast_path_and_wrappers_do_not():
     for make in GATED.values():
         assert fused.get_gated(make()) is not None
@@ -88,8 +107,8 @@ def test_the_cells_have_the_fast_path_and_wrappers_do_not():
 
 
 def _cases():
-    # The fast path is off by default (rnnlab.fused.ENABLED), so the default run
-    # keeps float32 LSTM and GRU with every option; the rest run with -m slow.
+    # The fast path is off on CPU, where CI runs (rnnlab.fused.ENABLED), so the default
+    # run keeps float32 LSTM and GRU with every option; the rest run with -m slow.
     for dtype in ("float32", "float64"):
         for name in GATED:
             for option in OPTIONS:

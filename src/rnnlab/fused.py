@@ -40,14 +40,27 @@ import jax.numpy as jnp
 
 from rnnlab.cell import Array, Carry, Params
 
-#: Whether rnnlab.scan takes this path for cells that offer it. Off: on the
-#: 2-core CPU it was written on, the hand-written derivative measured 1.0-1.7x
-#: the time of differentiating the plain scan (XLA:CPU's per-step matmuls are
-#: already efficient at these sizes, and the extra passes over the stored
-#: residuals cost more than the large weight-gradient matmuls save); see
-#: benchmarks/run.py's "fast path" rows. Set to True to use it (e.g. on other
-#: hardware); values and gradients are equal either way (tests/test_fast_path.py).
-ENABLED = False
+#: Whether rnnlab.scan takes this path for cells that offer it: True, False, or
+#: None (the default) for "when JAX's default backend is a GPU" (TPUs are not
+#: measured, so they keep the plain derivative until someone does).
+#:
+#: Measured (benchmarks/results/suite*.md): on a 2-core AMD EPYC CPU the
+#: hand-written derivative took 1.0-1.7x the time of differentiating the plain
+#: scan (XLA:CPU's per-step matmuls are already efficient at these sizes, and
+#: the extra passes over the stored residuals cost more than the large
+#: weight-gradient matmuls save). On an H100 it was the faster one: forward+
+#: backward 1.1-1.65x faster for the LSTM and GRU at every suite size, where
+#: each step of the plain derivative launches its own small weight-gradient
+#: matmuls (benchmarks/results/suite_gpu_h100*.md). Values and gradients are
+#: equal either way (tests/test_fast_path.py, run on both devices).
+ENABLED: bool | None = None
+
+
+def enabled() -> bool:
+    """Whether :func:`rnnlab.scan` takes the fast path now (:data:`ENABLED` resolved)."""
+    if ENABLED is None:
+        return jax.default_backend() == "gpu"
+    return bool(ENABLED)
 
 
 class GatedRecurrence(NamedTuple):

@@ -246,7 +246,7 @@ def scan(
         ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
         return carry, ys
 
-    gated = fused.get_gated(cell) if fused.ENABLED and remat is False else None
+    gated = fused.get_gated(cell) if fused.enabled() and remat is False else None
     if gated is None:
         # Loop-invariant work on the params (e.g. a matrix exponential), done
         # once here: inside the body its derivative would be transposed at

@@ -102,7 +102,7 @@ def lstm(
         return LSTMCarry(c=zeros, h=zeros)
 
     # The step in the three pieces of rnnlab.fused.GatedRecurrence, for its
-    # whole-sequence derivative (opt-in: rnnlab.fused.ENABLED).
+    # whole-sequence derivative (rnnlab.fused.ENABLED: on GPUs by default).
     def input_part(params: LSTMParams, x: Array) -> Array:
         check_input_size(x, params.W_x.shape[0])
         return add_bias(x @ params.W_x, params.b)  # [..., 4H]
