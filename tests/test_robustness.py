@@ -154,6 +154,30 @@ def _results(out: Path) -> dict:
             for p in sorted(out.glob("runs/*/result.json"))}
 
 
+def _assert_same_results(got: dict, want: dict, exact: bool | None = None) -> None:
+    """Bitwise on CPU. On a GPU (an H100, 2026-11-25) a resumed run matched to about 1e-7
+    relative but not bitwise, even with --xla_gpu_deterministic_ops=true
+    (benchmarks/results/gpu_h100.md), so elsewhere the numbers need only agree to 1e-5."""
+    if exact if exact is not None else jax.default_backend() == "cpu":
+        assert got == want
+        return
+    assert got.keys() == want.keys()
+    for name in got:
+        (g_result, g_history), (w_result, w_history) = got[name], want[name]
+        assert g_result.keys() == w_result.keys(), name
+        for key in g_result:
+            if np.asarray(g_result[key]).dtype.kind in "fiub":  # numbers (or lists of them)
+                np.testing.assert_allclose(g_result[key], w_result[key], rtol=1e-5,
+                                           err_msg=f"{name}: {key}")
+            else:
+                assert g_result[key] == w_result[key], (name, key)
+        g_rows, w_rows = (h.strip().splitlines() for h in (g_history, w_history))
+        assert g_rows[0] == w_rows[0] and len(g_rows) == len(w_rows), name
+        np.testing.assert_allclose(np.loadtxt(g_rows[1:], delimiter=","),
+                                   np.loadtxt(w_rows[1:], delimiter=","), rtol=1e-5,
+                                   err_msg=name)
+
+
 @pytest.mark.slow
 def test_sigkilled_sweep_resumes_to_the_uninterrupted_results(tmp_path):
     ref = _launch(tmp_path / "ref")
@@ -185,10 +209,11 @@ def test_sigkilled_sweep_resumes_to_the_uninterrupted_results(tmp_path):
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
     assert (cut_dir / "COMPLETE").exists()
-    # Finished runs were not recomputed, and the results equal the uninterrupted run's, exactly.
+    # Finished runs were not recomputed, and the results equal the uninterrupted run's
+    # (exactly on CPU).
     for name, mtime in finished.items():
         assert (cut_dir / "runs" / name / "result.json").stat().st_mtime_ns == mtime
-    assert _results(cut_dir) == _results(tmp_path / "ref")
+    _assert_same_results(_results(cut_dir), _results(tmp_path / "ref"))
     for _, (result, history) in _results(cut_dir).items():
         assert result["history_steps"] == 60
         assert len(history.strip().splitlines()) == 1 + 2 * 60  # header + seeds x steps
