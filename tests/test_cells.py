@@ -16,12 +16,12 @@ T, B, F, H = 5, 2, 3, 4
 CELLS = registry.names()
 
 
-def _setup(name, dtype=jnp.float32):
+def _setup(name, dtype=jnp.float32, input_size=F):
     cell = registry.get(name, H)
     k_p, k_x = jax.random.split(jax.random.key(0))
-    params = cell.init(k_p, F)
+    params = cell.init(k_p, input_size)
     params = jax.tree.map(lambda p: p.astype(dtype) if jnp.isrealobj(p) else p, params)
-    xs = jax.random.normal(k_x, (T, B, F), dtype)
+    xs = jax.random.normal(k_x, (T, B, input_size), dtype)
     return cell, params, xs
 
 
@@ -151,9 +151,12 @@ def _numpy_step(name, p, h, x):
     raise KeyError(name)
 
 
-@pytest.mark.parametrize("name", ["elman-tanh", "elman-relu", "irnn", "lstm", "lstm-fb0", "gru"])
-def test_step_matches_numpy_equations(name):
-    cell, params, xs = _setup(name)
+@pytest.mark.parametrize("name, input_size", [
+    ("elman-tanh", F), ("elman-relu", F), ("irnn", F), ("lstm", F), ("lstm-fb0", F), ("gru", F),
+    ("elman-tanh", 1), ("irnn", 1),  # the Elman step's two-matmul branch for one input feature
+])
+def test_step_matches_numpy_equations(name, input_size):
+    cell, params, xs = _setup(name, input_size=input_size)
     # Non-zero biases, so that the bias placement is tested too.
     params = jax.tree.map(lambda p: p + 0.1 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), params)
     carry = cell.initial_carry(params, (B,))
