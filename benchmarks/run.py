@@ -282,6 +282,13 @@ def prepare_matmul_floor(cell_name, T, B, F, H, key):
     return {k: _jax_prepared(f, (W, xs)) for k, f in _jax_passes(forward, W, xs).items()}
 
 
+def _torch_sync(device: str) -> Callable[[], None]:
+    """What makes a PyTorch call on ``device`` block until done (CUDA runs asynchronously)."""
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
 def prepare_torch(cell_name, T, B, F, H, key, *, vendor=True, device="cpu"):
     """torch.nn.LSTM/GRU/RNN on ``device``; ``vendor=False`` switches its vendor library
     off (oneDNN on CPU, cuDNN on CUDA), leaving ATen's own loop."""
@@ -292,12 +299,9 @@ def prepare_torch(cell_name, T, B, F, H, key, *, vendor=True, device="cpu"):
     module = module.to(device)
     x = torch.randn(T, B, F, device=device, requires_grad=True)
     params = list(module.parameters())
-    if device == "cuda":
-        flags = functools.partial(torch.backends.cudnn.flags, enabled=vendor)
-        sync = torch.cuda.synchronize
-    else:
-        flags = functools.partial(torch.backends.mkldnn.flags, enabled=vendor)
-        sync = lambda: None  # noqa: E731  (CPU calls return when done)
+    backend = torch.backends.cudnn if device == "cuda" else torch.backends.mkldnn
+    flags = functools.partial(backend.flags, enabled=vendor)
+    sync = _torch_sync(device)
 
     def forward():
         with torch.no_grad(), flags():
@@ -360,11 +364,11 @@ def gemm_throughput(n: int, warmup: int, repeats: int, torch_device: str | None)
         import torch
 
         t = torch.randn(n, n, device=torch_device)
+        sync = _torch_sync(torch_device)
 
         def mm():
             torch.mm(t, t)
-            if torch_device == "cuda":
-                torch.cuda.synchronize()
+            sync()
 
         tt = median_time(mm, warmup=warmup, repeats=max(repeats, 5))
         out["torch_flops"] = 2.0 * n**3 / tt["median_s"]
