@@ -153,7 +153,8 @@ def _numpy_step(name, p, h, x):
 
 @pytest.mark.parametrize("name, input_size", [
     ("elman-tanh", F), ("elman-relu", F), ("irnn", F), ("lstm", F), ("lstm-fb0", F), ("gru", F),
-    ("elman-tanh", 1), ("irnn", 1),  # the Elman step's two-matmul branch for one input feature
+    # One input feature: the Elman step's two-matmul branch, the GRU's joint [x, h] one.
+    ("elman-tanh", 1), ("irnn", 1), ("gru", 1),
 ])
 def test_step_matches_numpy_equations(name, input_size):
     cell, params, xs = _setup(name, input_size=input_size)
