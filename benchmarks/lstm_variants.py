@@ -23,6 +23,10 @@ Variants:
   gradients and ``dh @ W_h^T``; the weight and input gradients are single matmuls
   over all ``T * B`` rows after the loop (what cuDNN and oneDNN do). It has no
   forward-mode derivative, which is one reason rnnlab does not use it.
+- ``split-xh``: ``x @ W_x + h @ W_h`` instead of one matmul over ``[x, h]``.
+- ``split-gates``: eight matmuls, ``x @ W_x_g + h @ W_h_g`` per gate g, the gates never
+  concatenated. (Splitting made the GRU's step faster on a 2-core CPU, where XLA then
+  ran its matmuls on both cores: ``gru_variants.py``; for the LSTM it did not.)
 
 Writes ``lstm_variants.json`` and ``lstm_variants.md`` into ``benchmarks/results/``
 (or ``--out``). Nothing here is asserted in tests except that the variants agree.
@@ -178,6 +182,33 @@ def _custom_bwd(res, dys):
 
 custom_vjp.defvjp(_custom_fwd, _custom_bwd)
 
+
+def split_xh(params, xs):
+    def body(carry, x):
+        c, h = _gates(add_bias(x @ params.W_x + carry[1] @ params.W_h, params.b), carry[0])
+        return (c, h), h
+
+    z = _zeros(params, xs)
+    return jax.lax.scan(body, (z, z), xs)[1]
+
+
+def split_gates(params, xs):
+    # Sliced before the loop: XLA leaves slices inside a loop body there.
+    W_x = jnp.split(params.W_x, 4, axis=-1)
+    W_h = jnp.split(params.W_h, 4, axis=-1)
+    b = jnp.split(params.b, 4)
+
+    def body(carry, x):
+        c, h = carry
+        i, f, g, o = (add_bias(x @ W_x[k] + h @ W_h[k], b[k]) for k in range(4))
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (c, h), h
+
+    z = _zeros(params, xs)
+    return jax.lax.scan(body, (z, z), xs)[1]
+
+
 VARIANTS: dict[str, Callable[[Any, Any], Any]] = {
     "base": base,
     "unroll2": lambda p, x: base(p, x, unroll=2),
@@ -186,6 +217,8 @@ VARIANTS: dict[str, Callable[[Any, Any], Any]] = {
     "one-tanh": one_tanh,
     "batch-split": batch_split,
     "custom-vjp": custom_vjp,
+    "split-xh": split_xh,
+    "split-gates": split_gates,
 }
 
 
@@ -202,7 +235,8 @@ class LSTMVariantsBenchmark:
     variants: tuple[str, ...] = dataclasses.field(
         default=tuple(VARIANTS), metadata={"help": f"of {tuple(VARIANTS)}"})
     torch: bool = dataclasses.field(
-        default=True, metadata={"help": "also time torch.nn.LSTM if torch is importable"})
+        default=True,
+        metadata={"help": "also time PyTorch's nn.LSTM (nn.GRU) if torch is importable"})
     repeats: int = dataclasses.field(default=9, metadata={"help": "interleaved timed rounds"})
     warmup: int = dataclasses.field(default=2, metadata={"help": "untimed calls after compiling"})
     seed: int = 0
@@ -210,12 +244,15 @@ class LSTMVariantsBenchmark:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": dict(sizes=("tiny",), torch=False, repeats=2, warmup=1),
     }
+    # What gru_variants.py's subclass replaces.
+    CELL: ClassVar[str] = "lstm"
+    VARIANT_FNS: ClassVar[dict[str, Callable[[Any, Any], Any]]] = VARIANTS
 
     def __post_init__(self):
         for s in self.sizes:
             check_choice(s, tuple(SIZES), "sizes")
         for v in self.variants:
-            check_choice(v, tuple(VARIANTS), "variants")
+            check_choice(v, tuple(self.VARIANT_FNS), "variants")
         if "base" not in self.variants:
             raise ValueError("variants must include 'base' (the ratios are to it).")
         if self.repeats < 1 or self.warmup < 0:
@@ -234,14 +271,14 @@ def run(config: LSTMVariantsBenchmark) -> list[dict[str, Any]]:
     for size in config.sizes:
         T, B, F, H = SIZES[size]
         key = jax.random.key(config.seed)
-        params = rnnlab.lstm(H).init(key, F)
+        params = getattr(rnnlab, config.CELL)(H).init(key, F)
         xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
         calls: dict[str, dict[str, Callable[[], Any]]] = {p: {} for p in PASSES}
         for name in config.variants:
-            for pass_, fn in _jax_passes(VARIANTS[name], params, xs).items():
+            for pass_, fn in _jax_passes(config.VARIANT_FNS[name], params, xs).items():
                 calls[pass_][name] = _jax_prepared(fn, (params, xs))["call"]
         if use_torch:
-            for pass_, prepared in prepare_torch("lstm", T, B, F, H, key).items():
+            for pass_, prepared in prepare_torch(config.CELL, T, B, F, H, key).items():
                 calls[pass_]["torch"] = prepared["call"]
         for pass_ in PASSES:
             timed = time_interleaved(calls[pass_], warmup=config.warmup, repeats=config.repeats)
@@ -257,7 +294,7 @@ def run(config: LSTMVariantsBenchmark) -> list[dict[str, Any]]:
 def markdown(config, env, machine, rows) -> str:
     names = list(rows[0]["times"]) if rows else []
     lines = [
-        "# LSTM scan variants on CPU",
+        f"# {config.CELL.upper()} scan variants on CPU",
         "",
         f"Machine: {machine.get('cpu_model', '?')}, {machine['cores']} cores, load average "
         f"{', '.join(f'{x:.2f}' for x in machine.get('load_average', ()))}; "
@@ -267,7 +304,7 @@ def markdown(config, env, machine, rows) -> str:
         f"float32; {config.repeats} interleaved rounds after {config.warmup} warm-up calls. "
         "Each cell: the minimum time in ms (what a quiet machine shows), and in brackets its "
         "ratio to `base`, the plain `rnnlab.scan` (< 1: the variant is faster). Medians are in "
-        "the JSON. Variants are described in `benchmarks/lstm_variants.py`.",
+        f"the JSON. Variants are described in `benchmarks/{config.CELL}_variants.py`.",
         "",
         "| size (T,B,F,H) | pass | " + " | ".join(names) + " |",
         "|---|---|" + "---:|" * len(names),
@@ -282,9 +319,9 @@ def markdown(config, env, machine, rows) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    config, ns = experiment.parse_config(
-        LSTMVariantsBenchmark, argv, prog="python benchmarks/lstm_variants.py")
+def main(argv=None, benchmark: type[LSTMVariantsBenchmark] = LSTMVariantsBenchmark) -> None:
+    name = f"{benchmark.CELL}_variants"
+    config, ns = experiment.parse_config(benchmark, argv, prog=f"python benchmarks/{name}.py")
     env = experiment.environment_info()
     if config.torch and torch_available():
         import torch
@@ -293,7 +330,7 @@ def main(argv=None) -> None:
     machine = machine_info()
     rows = run(config)
     out = Path(ns.out) if ns.out else DEFAULT_OUT
-    stem = "lstm_variants_quick" if ns.preset == "quick" else "lstm_variants"
+    stem = f"{name}_quick" if ns.preset == "quick" else name
     experiment.atomic_write_json(out / f"{stem}.json", {"config": config, "environment": env,
                                                         "machine": machine, "results": rows})
     experiment.atomic_write_text(out / f"{stem}.md", markdown(config, env, machine, rows))

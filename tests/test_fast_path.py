@@ -304,6 +304,43 @@ def test_lstm_variants_agree_and_run(tmp_path, load_script):
     assert (tmp_path / "lstm_variants_quick.md").exists()
 
 
+@pytest.mark.slow  # ~10 s: five variants at two input sizes, forward and gradient
+def test_gru_variants_agree_and_run(tmp_path, load_script):
+    """Every split in benchmarks/gru_variants.py (flax's GRUCell on converted weights
+    included) computes rnnlab.gru's values and gradients, with one input feature (the
+    step's joint [x, h] branch) and with three, and the script runs end to end."""
+    module = load_script("benchmarks/gru_variants.py", name="rnnlab_bench_gru_variants")
+    try:
+        T_, B_, H_ = 7, 4, 5
+        weights = jnp.cos(jnp.arange(T_ * B_ * H_)).reshape(T_, B_, H_)
+        cell = rnnlab.gru(H_)
+
+        def python_loop(p, xs):  # the reference: a Python loop over the cell's step
+            h, ys = cell.initial_carry(p, (B_,)), []
+            for x in xs:
+                h, y = cell.step(p, h, x)
+                ys.append(y)
+            return jnp.stack(ys)
+
+        def loss(fn):
+            return lambda p, x: jnp.sum(weights * fn(p, x))
+
+        for F_ in (1, 3):
+            params = cell.init(jax.random.key(0), F_)
+            params = params._replace(b_x=params.b_x + 0.1,
+                                     b_h=params.b_h - 0.2 * jnp.arange(3 * H_) / H_)
+            xs = jax.random.normal(jax.random.key(1), (T_, B_, F_))
+            want_ys = python_loop(params, xs)
+            want_grads = jax.grad(loss(python_loop), argnums=(0, 1))(params, xs)
+            for fn in module.VARIANTS.values():
+                close(fn(params, xs), want_ys, 1e-5)
+                close(jax.grad(loss(fn), argnums=(0, 1))(params, xs), want_grads, 1e-5)
+        module.main(["--quick", "--out", str(tmp_path)])
+    finally:
+        del sys.modules["rnnlab_bench_gru_variants"]
+    assert (tmp_path / "gru_variants_quick.md").exists()
+
+
 def test_gated_step_builds_a_step_with_the_fast_path():
     elman = rnnlab.elman(H)
     form = fused.get_gated(elman)

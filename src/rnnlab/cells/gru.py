@@ -155,7 +155,7 @@ def gru(
         if w.W_rz_x.shape[0] == 1:
             # One input feature: one matmul over [x, h]. Measured on a 2-core
             # CPU (benchmarks/results/speed_investigation.md section 8): with
-            # F = 1 the separate x matmul made the forward 1.24-2.8x slower; for
+            # F = 1 the separate x matmul made the forward 1.3-2.9x slower; for
             # F >= 2 the split below was 0.61-0.83x the time of the joint matmul
             # at H = 256 and within 5% at H = 64 and 128. XLA hoists this
             # loop-invariant weight concatenation out of the scan.
