@@ -157,7 +157,8 @@ def gru(
             # CPU (benchmarks/results/speed_investigation.md section 8): with
             # F = 1 the separate x matmul made the forward 1.3-2.9x slower; for
             # F >= 2 the split below was 0.61-0.83x the time of the joint matmul
-            # at H = 256 and within 5% at H = 64 and 128. XLA hoists this
+            # at H = 256 and within 5% at H = 64 and 128 (with four independent
+            # matmuls per step, XLA:CPU ran them on both cores). XLA hoists this
             # loop-invariant weight concatenation out of the scan.
             a_rz = jnp.concatenate([x, h], axis=-1) @ jnp.concatenate(
                 [w.W_rz_x, w.W_rz_h], axis=0
