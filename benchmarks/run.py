@@ -270,7 +270,7 @@ def prepare_matmul_floor(cell_name, T, B, F, H, key):
     arithmetic (forward; forward+backward is its gradient). A step built on one
     such matmul cannot be faster. A step that splits it into smaller independent
     matmuls can be, where XLA runs them concurrently: the GRU's step (four
-    matmuls) took 0.82x this time at the large size on a 2-core CPU.
+    matmuls) took 0.80-0.82x this time at the large size on a 2-core CPU.
     """
     G = GATES[cell_name]
     W = jax.random.normal(key, (F + H, G * H)) / (F + H) ** 0.5
