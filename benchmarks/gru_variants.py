@@ -44,11 +44,12 @@ import lstm_variants  # noqa: E402
 
 
 def _blocks(params: rnnlab.GRUParams):
-    """(W_x blocks r, z, n), (W_h blocks r, z, n), (b_x + b_h on r, z; b_x on n), b_h on n."""
-    W_x = jnp.split(params.W_x, 3, axis=-1)
-    W_h = jnp.split(params.W_h, 3, axis=-1)
-    b_x, b_h = jnp.split(params.b_x, 3), jnp.split(params.b_h, 3)
-    return W_x, W_h, (b_x[0] + b_h[0], b_x[1] + b_h[1], b_x[2]), b_h[2]
+    """(W_x blocks r, z, n), (W_h blocks r, z, n), (b_x + b_h on r, z; b_x on n), b_h on n,
+    cut from rnnlab's own prepared weights (``rnnlab.gru(H).prepare``)."""
+    w = rnnlab.gru(params.W_h.shape[0]).prepare(params)
+    (Wxr, Wxz), (Whr, Whz) = jnp.split(w.W_rz_x, 2, axis=-1), jnp.split(w.W_rz_h, 2, axis=-1)
+    br, bz = jnp.split(w.b_rz, 2)
+    return (Wxr, Wxz, w.W_n_x), (Whr, Whz, w.W_n_h), (br, bz, w.b_n_x), w.b_n_h
 
 
 def _scan(body, params, xs):

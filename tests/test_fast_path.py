@@ -278,6 +278,21 @@ def test_interleaved_timing_orders_and_counts(load_script):
     assert out["slow"]["minor_faults_per_call"] >= 0
 
 
+def _assert_variants_match(variants, reference, params, xs):
+    """Each of ``variants`` (fn(params, xs) -> ys) gives ``reference``'s outputs and the
+    gradients of a weighted sum of them w.r.t. params and inputs."""
+    want_ys = reference(params, xs)
+    weights = jnp.cos(jnp.arange(want_ys.size)).reshape(want_ys.shape)
+
+    def loss(fn):
+        return lambda p, x: jnp.sum(weights * fn(p, x))
+
+    want_grads = jax.grad(loss(reference), argnums=(0, 1))(params, xs)
+    for fn in variants:
+        close(fn(params, xs), want_ys, 1e-5)
+        close(jax.grad(loss(fn), argnums=(0, 1))(params, xs), want_grads, 1e-5)
+
+
 @pytest.mark.slow  # ~15 s: seven variants, each compiled forward and forward+backward
 def test_lstm_variants_agree_and_run(tmp_path, load_script):
     """Every idea in benchmarks/lstm_variants.py computes the plain scan's values and
@@ -288,16 +303,7 @@ def test_lstm_variants_agree_and_run(tmp_path, load_script):
         params = rnnlab.lstm(H_).init(jax.random.key(0), F_)
         params = params._replace(b=params.b + 0.1 * jnp.arange(4 * H_) / H_)
         xs = jax.random.normal(jax.random.key(1), (T_, B_, F_))
-        weights = jnp.cos(jnp.arange(T_ * B_ * H_)).reshape(T_, B_, H_)
-
-        def loss(fn):
-            return lambda p, x: jnp.sum(weights * fn(p, x))
-
-        want_ys = module.base(params, xs)
-        want_grads = jax.grad(loss(module.base), argnums=(0, 1))(params, xs)
-        for fn in module.VARIANTS.values():
-            close(fn(params, xs), want_ys, 1e-5)
-            close(jax.grad(loss(fn), argnums=(0, 1))(params, xs), want_grads, 1e-5)
+        _assert_variants_match(module.VARIANTS.values(), module.base, params, xs)
         module.main(["--quick", "--out", str(tmp_path)])
     finally:
         del sys.modules["rnnlab_bench_variants"]
@@ -312,7 +318,6 @@ def test_gru_variants_agree_and_run(tmp_path, load_script):
     module = load_script("benchmarks/gru_variants.py", name="rnnlab_bench_gru_variants")
     try:
         T_, B_, H_ = 7, 4, 5
-        weights = jnp.cos(jnp.arange(T_ * B_ * H_)).reshape(T_, B_, H_)
         cell = rnnlab.gru(H_)
 
         def python_loop(p, xs):  # the reference: a Python loop over the cell's step
@@ -322,19 +327,12 @@ def test_gru_variants_agree_and_run(tmp_path, load_script):
                 ys.append(y)
             return jnp.stack(ys)
 
-        def loss(fn):
-            return lambda p, x: jnp.sum(weights * fn(p, x))
-
         for F_ in (1, 3):
             params = cell.init(jax.random.key(0), F_)
             params = params._replace(b_x=params.b_x + 0.1,
                                      b_h=params.b_h - 0.2 * jnp.arange(3 * H_) / H_)
             xs = jax.random.normal(jax.random.key(1), (T_, B_, F_))
-            want_ys = python_loop(params, xs)
-            want_grads = jax.grad(loss(python_loop), argnums=(0, 1))(params, xs)
-            for fn in module.VARIANTS.values():
-                close(fn(params, xs), want_ys, 1e-5)
-                close(jax.grad(loss(fn), argnums=(0, 1))(params, xs), want_grads, 1e-5)
+            _assert_variants_match(module.VARIANTS.values(), python_loop, params, xs)
         module.main(["--quick", "--out", str(tmp_path)])
     finally:
         del sys.modules["rnnlab_bench_gru_variants"]
