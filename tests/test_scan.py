@@ -176,3 +176,90 @@ def test_float64_inputs_with_float32_params_is_a_clear_error(lstm_case, x64):
     params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
     _, ys = rnnlab.scan(cell, params64, xs.astype(jnp.float64))
     assert ys.dtype == jnp.float64
+
+
+# ----------------------------------------------------------------------------- checkpoint policy
+# The LSTM's and GRU's steps carry a checkpoint_policy (rnnlab.checkpointed_step): the
+# backward pass of rnnlab.scan keeps only their matmul results per step and recomputes
+# the gates from them.
+
+TP, BP, HP = 11, 3, 5  # T differs from every weight's leading size, so [T, ...] leaves are per-step
+
+
+def _without_policy(cell):
+    """The same cell with a step that carries no checkpoint_policy: plain autodiff."""
+    return cell._replace(step=lambda p, c, x: cell.step(p, c, x))
+
+
+def _per_step_floats(cell, params, xs, **kwargs):
+    """Floats per step and sequence that the backward pass of a scan keeps (the [T, ...]
+    arrays that jax.vjp's closure holds)."""
+    _, vjp = jax.vjp(lambda p: jnp.sum(rnnlab.scan(cell, p, xs, **kwargs)[1] ** 2), params)
+    return sum(a.size for a in jax.tree.leaves(vjp) if a.shape[:1] == (TP,)) // (TP * BP)
+
+
+# What the derivative needs per step, from the equations: the input x [F], the matmul
+# results (LSTM: z [4H]; GRU: the r and z pre-activations [2H] and the n block's two
+# [H]), the carry before the step (LSTM: h and c; GRU: h), and the output the loss reads.
+KEPT = {
+    "lstm": lambda F, H: F + 4 * H + 2 * H + H,
+    "gru": lambda F, H: F + 2 * H + 2 * H + H + H,
+}
+
+
+@pytest.mark.parametrize("F_", [1, 2])  # the GRU's step has one branch per case
+@pytest.mark.parametrize("name", sorted(KEPT))
+def test_backward_keeps_only_the_matmul_results(name, F_):
+    cell = rnnlab.registry.get(name, HP)
+    params = cell.init(jax.random.key(0), F_)
+    xs = jax.random.normal(jax.random.key(1), (TP, BP, F_))
+    assert _per_step_floats(cell, params, xs) == KEPT[name](F_, HP)
+    # Without the policy JAX keeps each gate's value and the factors of its
+    # derivative: more than the bound, so the check above can fail.
+    assert _per_step_floats(_without_policy(cell), params, xs) > KEPT[name](F_, HP)
+    # A stack keeps what its layers keep (each layer's step carries its policy).
+    stacked = rnnlab.stack([cell, cell])
+    two = stacked.init(jax.random.key(2), F_)
+    assert _per_step_floats(stacked, two, xs) == KEPT[name](F_, HP) + KEPT[name](HP, HP) - HP
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru-reset-before"])
+def test_checkpoint_policy_keeps_values_and_derivatives(name):
+    """Values, reverse-mode and forward-mode derivatives with the policy equal plain
+    autodiff of the same step, with lengths and reverse, and under remat."""
+    cell = rnnlab.gru(HP, reset_after=False) if name == "gru-reset-before" else (
+        rnnlab.registry.get(name, HP))
+    plain = _without_policy(cell)
+    params = cell.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (TP, BP, F))
+    tangents = (jax.tree.map(jnp.ones_like, params), jnp.ones_like(xs))
+    for kwargs in ({}, {"lengths": jnp.asarray([TP, 4, 0]), "reverse": True}, {"remat": 3}):
+        def loss(c, p, x, kwargs=kwargs):
+            return jnp.sum(jnp.sin(rnnlab.scan(c, p, x, **kwargs)[1]))
+
+        close(jax.value_and_grad(functools.partial(loss, cell), argnums=(0, 1))(params, xs),
+              jax.value_and_grad(functools.partial(loss, plain), argnums=(0, 1))(params, xs))
+        close(jax.jvp(functools.partial(loss, cell), (params, xs), tangents),
+              jax.jvp(functools.partial(loss, plain), (params, xs), tangents))
+
+
+def test_checkpointed_step_reads_the_policy_from_the_step():
+    elman = rnnlab.elman(HP)
+    assert rnnlab.checkpointed_step(elman) is elman.step  # no policy: the step itself
+    asked = []
+
+    def policy(prim, *_, **__):  # records that the backward pass consulted it
+        asked.append(prim)
+        return False
+
+    def step(p, c, x):
+        return elman.step(p, c, x)
+
+    step.checkpoint_policy = policy
+    cell = elman._replace(step=step)
+    params = cell.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (TP, BP, F))
+    rnnlab.scan(cell, params, xs)
+    assert not asked  # the forward pass alone does not linearise
+    jax.grad(lambda p: jnp.sum(rnnlab.scan(cell, p, xs)[1]))(params)
+    assert asked

@@ -19,6 +19,7 @@ from rnnlab import train as train
 from rnnlab import wrappers as wrappers
 from rnnlab.cell import Cell as Cell
 from rnnlab.cell import PreparedCell as PreparedCell
+from rnnlab.cell import checkpointed_step as checkpointed_step
 from rnnlab.cells import ElmanParams as ElmanParams
 from rnnlab.cells import GRUParams as GRUParams
 from rnnlab.cells import GRUWeights as GRUWeights

@@ -68,6 +68,27 @@ def prepare_params(cell: Any, params: Params) -> Params:
     return prepare(params) if callable(prepare) else params
 
 
+def checkpointed_step(cell: Any) -> Callable[[Params, Carry, Array], tuple[Carry, Any]]:
+    """``cell.step`` under ``jax.checkpoint`` with ``cell.step.checkpoint_policy``, if it has one.
+
+    What :func:`rnnlab.scan` runs at every step; use it as the body of your
+    own ``jax.lax.scan`` over a cell to get the same backward pass. The policy
+    decides which of the step's intermediates the backward pass reads back
+    from memory; it recomputes the rest from those. Values and derivatives are
+    those of ``cell.step`` itself.
+
+    ``prevent_cse=False``: inside ``lax.scan`` the recomputation cannot be
+    merged with the forward pass anyway (JAX's advice for ``jax.checkpoint``
+    in a scan), and ``True`` made the LSTM's forward+backward at T=100 B=32
+    H=128 6% slower on a 2-core CPU. Outside a scan, e.g. in a Python loop
+    over steps, XLA may merge them and store the intermediates after all.
+    """
+    policy = getattr(cell.step, "checkpoint_policy", None)
+    if policy is None:
+        return cell.step
+    return jax.checkpoint(cell.step, policy=policy, prevent_cse=False)
+
+
 def check_cell(cell: Any, name: str = "cell") -> None:
     """Raises TypeError unless ``cell`` has callable init/initial_carry/step."""
     missing = [f for f in Cell._fields if not callable(getattr(cell, f, None))]

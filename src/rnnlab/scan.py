@@ -30,6 +30,7 @@ from rnnlab.cell import (
     check_cell,
     check_choice,
     check_float_input,
+    checkpointed_step,
     prepare_params,
 )
 
@@ -149,6 +150,18 @@ def scan(
     once per call rather than once per step. ``step`` must accept both forms
     and give the same results.
 
+    A cell's ``step`` may also carry a ``checkpoint_policy`` attribute, a
+    ``jax.checkpoint`` policy such as ``jax.checkpoint_policies.dots_saveable``
+    (:func:`rnnlab.checkpointed_step`): the sequential path then wraps each step in
+    ``jax.checkpoint`` with it, so that the backward pass keeps only what the
+    policy saves (for :func:`rnnlab.lstm` and :func:`rnnlab.gru`, the matmul
+    outputs) and recomputes the rest of the step. Values and gradients are
+    unchanged; the stored intermediates shrink (the LSTM's by about 40%), and
+    on a 2-core CPU the forward+backward pass of those two cells took
+    0.68-0.98x the time (``benchmarks/results/speed_investigation.md`` section
+    9). The fused derivative (:mod:`rnnlab.fused`, the default on GPUs) keeps
+    its own residuals and does not read the policy.
+
     Args:
       cell: any object with ``init``, ``initial_carry`` and ``step`` (a
         :class:`rnnlab.Cell` or your own).
@@ -252,6 +265,7 @@ def scan(
         # once here: inside the body its derivative would be transposed at
         # every step of the backward pass.
         params = prepare_params(cell, params)
+        step = checkpointed_step(cell)
     if gated is not None:
         # Same values as the loop below; a hand-written derivative whose weight
         # gradients are one matmul over all steps (rnnlab.fused).
@@ -269,7 +283,7 @@ def scan(
             ys = jax.tree.map(flip, ys)
     elif lengths is None:
         carry, ys = _loop(
-            lambda c, x: cell.step(params, c, x), carry, xs,
+            lambda c, x: step(params, c, x), carry, xs,
             reverse=reverse, unroll=unroll, remat=remat,
         )
     else:
@@ -279,7 +293,7 @@ def scan(
 
         def body(c, t_x):
             t, x = t_x
-            new_c, y = cell.step(params, c, x)
+            new_c, y = step(params, c, x)
             valid = t < lengths  # [*batch]
             new_c = jax.tree.map(lambda n, o: jnp.where(_expand(valid, n), n, o), new_c, c)
             y = jax.tree.map(lambda v: jnp.where(_expand(valid, v), v, jnp.zeros_like(v)), y)

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from rnnlab import initializers
 from rnnlab.cell import (
@@ -43,6 +44,12 @@ class GRUWeights(NamedTuple):
     b_rz: Array  # [2H]: b_x + b_h on the r and z blocks
     b_n_x: Array  # [H]
     b_n_h: Array  # [H]
+
+
+#: The per-step values the GRU's backward pass reads back from memory (the
+#: ``jax.checkpoint`` names in its step): the r and z pre-activations summed
+#: over input and hidden, and the n block's two matmul results.
+SAVED = ("rnnlab.gru.rz", "rnnlab.gru.n_x", "rnnlab.gru.n_h")
 
 
 def prepare(params: GRUParams | GRUWeights) -> GRUWeights:
@@ -165,14 +172,26 @@ def gru(
             )
         else:
             a_rz = x @ w.W_rz_x + h @ w.W_rz_h
+        # The names mark what the backward pass keeps (SAVED, below).
+        a_rz = checkpoint_name(a_rz, "rnnlab.gru.rz")
         r, z = jnp.split(jax.nn.sigmoid(add_bias(a_rz, w.b_rz)), 2, axis=-1)
-        gx_n = add_bias(x @ w.W_n_x, w.b_n_x)
+        gx_n = add_bias(checkpoint_name(x @ w.W_n_x, "rnnlab.gru.n_x"), w.b_n_x)
         if reset_after:
-            n = jnp.tanh(gx_n + r * add_bias(h @ w.W_n_h, w.b_n_h))
+            gh_n = checkpoint_name(h @ w.W_n_h, "rnnlab.gru.n_h")
+            n = jnp.tanh(gx_n + r * add_bias(gh_n, w.b_n_h))
         else:
-            n = jnp.tanh(gx_n + add_bias((r * h) @ w.W_n_h, w.b_n_h))
+            gh_n = checkpoint_name((r * h) @ w.W_n_h, "rnnlab.gru.n_h")
+            n = jnp.tanh(gx_n + add_bias(gh_n, w.b_n_h))
         h = (1.0 - z) * n + z * h
         return h, h
+
+    # rnnlab.scan keeps only the three matmul results per step for the backward
+    # pass and recomputes the gates from them (rnnlab.checkpointed_step).
+    # Without this JAX stores every gate and its derivative factors. Measured on
+    # a 2-core CPU, forward+backward: 0.68x the time at T=1000 B=16 F=1 H=64,
+    # 0.9x at T=500 B=64 F=64 H=256, 0.98x at T=100 B=32 F=32 H=128
+    # (benchmarks/results/speed_investigation.md section 9).
+    step.checkpoint_policy = jax.checkpoint_policies.save_only_these_names(*SAVED)
 
     if reset_after:
         # The same step as three pieces, for rnnlab.fused's whole-sequence

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from rnnlab import initializers
 from rnnlab.cell import Cell, add_bias, check_batch_shape, check_input_size, check_positive_int
@@ -126,10 +127,19 @@ def lstm(
         # 0.87-1.0x forward+backward) at benchmarks/run.py's sizes.
         # Inside lax.scan, XLA hoists the weight concatenation out of the loop.
         xh = jnp.concatenate([x, carry.h], axis=-1)
-        z = add_bias(xh @ jnp.concatenate([params.W_x, params.W_h], axis=0), params.b)
-        return gates(z, carry)
+        z = xh @ jnp.concatenate([params.W_x, params.W_h], axis=0)
+        # The one value the backward pass keeps per step (checkpoint_policy below).
+        z = checkpoint_name(z, "rnnlab.lstm.z")
+        return gates(add_bias(z, params.b), carry)
 
     # The same step as three pieces, for rnnlab.fused's whole-sequence derivative.
     step.gated = GatedRecurrence(input_part, recurrent_part, pointwise, lambda c: c.h)
+    # rnnlab.scan keeps only the matmul result z per step for the backward pass
+    # and recomputes the gates from it (rnnlab.checkpointed_step). Without
+    # this JAX stores 13 per-step arrays (each gate's value and the factors of
+    # its derivative). Measured on a 2-core CPU, forward+backward: 0.68x the
+    # time at T=1000 B=16 F=1 H=64, 0.95-0.97x at T=500 B=64 F=64 H=256,
+    # 0.98x at T=100 B=32 F=32 H=128 (speed_investigation.md section 9).
+    step.checkpoint_policy = jax.checkpoint_policies.save_only_these_names("rnnlab.lstm.z")
 
     return Cell(init, initial_carry, step)

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from rnnlab.cell import Cell, PreparedCell, check_batch_shape, check_cell, prepare_params
+from rnnlab.cell import (
+    Cell,
+    PreparedCell,
+    check_batch_shape,
+    check_cell,
+    checkpointed_step,
+    prepare_params,
+)
 
 
 def stack(cells: Sequence[Cell]) -> Cell:
@@ -49,11 +56,15 @@ def stack(cells: Sequence[Cell]) -> Cell:
         batch_shape = check_batch_shape(batch_shape)
         return tuple(c.initial_carry(p, batch_shape) for c, p in zip(cells, params, strict=True))
 
+    # Each layer's own checkpoint policy (rnnlab.checkpointed_step), so that a
+    # stack of LSTMs keeps as little per step as one LSTM does.
+    steps = tuple(checkpointed_step(c) for c in cells)
+
     def step(params, carry, x):
         new_carry = []
         y = x
-        for c, p, h in zip(cells, params, carry, strict=True):
-            h, y = c.step(p, h, y)
+        for layer_step, p, h in zip(steps, params, carry, strict=True):
+            h, y = layer_step(p, h, y)
             new_carry.append(h)
         return tuple(new_carry), y
 
