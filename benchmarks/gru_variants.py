@@ -13,6 +13,8 @@ Variants (``W_rz_x`` = the r and z blocks of ``W_x``, and so on):
 
 - ``base``: ``rnnlab.scan`` over ``rnnlab.gru``: ``x @ W_rz_x + h @ W_rz_h``,
   ``x @ W_n_x``, ``h @ W_n_h`` (one matmul over ``[x, h]`` for r and z when F = 1).
+- ``no-policy``: ``base`` without the step's ``checkpoint_policy`` (the backward pass
+  keeps every gate's value and derivative factors instead of the three matmul results).
 - ``joint``: ``[x, h] @ W_rz``, ``x @ W_n_x``, ``h @ W_n_h`` at every F (rnnlab's step
   until 2026-11-25; at the large size ``base`` took 0.61x its forward time on a 2-core
   CPU, ``results/speed_investigation.md`` section 8).
@@ -20,6 +22,9 @@ Variants (``W_rz_x`` = the r and z blocks of ``W_x``, and so on):
 - ``six``: one matmul per gate and input, as ``flax.linen.GRUCell``.
 - ``flax``: ``flax.linen.RNN(GRUCell)`` itself, on the same weights
   (``rnnlab.convert.to_flax``, inside the timed call: a few weight copies per call).
+
+The variants other than ``base`` are differentiated plainly, with no checkpoint policy: for
+the effect of a layout alone on the forward+backward pass, compare them with ``no-policy``.
 
 Writes ``gru_variants.json`` and ``gru_variants.md`` into ``benchmarks/results/``
 (or ``--out``). Nothing here is asserted in tests except that the variants agree.
@@ -114,8 +119,14 @@ def flax(params, xs):
     return model.apply({"params": {"cell": rnnlab.convert.to_flax(params, "gru")}}, xs)
 
 
+def no_policy(params, xs):
+    cell = lstm_variants.without_policy(rnnlab.gru(params.W_h.shape[0]))
+    return rnnlab.scan(cell, params, xs)[1]
+
+
 VARIANTS: dict[str, Callable[[Any, Any], Any]] = {
     "base": base,
+    "no-policy": no_policy,
     "joint": joint,
     "two": two,
     "six": six,

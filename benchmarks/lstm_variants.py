@@ -11,7 +11,13 @@ installed, so that every ratio comes from the same minutes of the same machine.
 
 Variants:
 
-- ``base``: ``rnnlab.scan`` over ``rnnlab.lstm`` (one ``[x, h] @ W`` matmul per step).
+- ``base``: ``rnnlab.scan`` over ``rnnlab.lstm`` (one ``[x, h] @ W`` matmul per step;
+  the backward pass keeps only its result z per step: the step's ``checkpoint_policy``).
+- ``no-policy``: the same step without its ``checkpoint_policy``: the backward pass keeps
+  every gate's value and derivative factors (13 arrays per step).
+- ``pipelined``: step t's body also computes ``x_{t+1} @ W_x + b`` for the next step (in
+  the loop, one step ahead, unlike ``hoisted``), which the runtime could overlap with
+  step t's gate arithmetic.
 - ``unroll2``, ``unroll4``: the same with ``lax.scan(unroll=k)``.
 - ``hoisted``: ``x_t W_x + b`` for all t as one matmul before the loop, ``h W_h`` inside.
 - ``one-tanh``: the four gate activations as one ``tanh`` over all 4H pre-activations
@@ -27,6 +33,10 @@ Variants:
 - ``split-gates``: eight matmuls, ``x @ W_x_g + h @ W_h_g`` per gate g, the gates never
   concatenated. (Splitting made the GRU's step faster on a 2-core CPU, where XLA then
   ran its matmuls on both cores: ``gru_variants.py``; for the LSTM it did not.)
+
+The variants not built on ``rnnlab.scan`` (all but ``base``, ``unroll2`` and ``unroll4``)
+are differentiated plainly, with no checkpoint policy: for the effect of a layout alone on
+the forward+backward pass, compare them with ``no-policy``.
 
 Writes ``lstm_variants.json`` and ``lstm_variants.md`` into ``benchmarks/results/``
 (or ``--out``). Nothing here is asserted in tests except that the variants agree.
@@ -209,8 +219,39 @@ def split_gates(params, xs):
     return jax.lax.scan(body, (z, z), xs)[1]
 
 
+def without_policy(cell):
+    """``cell`` with a step that carries no ``checkpoint_policy``: plain autodiff of the step,
+    every gate's value and derivative factors kept per step (rnnlab's scan until the policy
+    came in, 2026-11-25)."""
+    return cell._replace(step=lambda p, c, x: cell.step(p, c, x))
+
+
+def no_policy(params, xs):
+    return rnnlab.scan(without_policy(rnnlab.lstm(params.W_h.shape[0])), params, xs)[1]
+
+
+def pipelined(params, xs):
+    """Step t's loop body also computes the next step's ``x_{t+1} @ W_x + b``, carried
+    to step t+1, so that the runtime can overlap it with this step's gate arithmetic."""
+
+    def project(x):
+        return add_bias(x @ params.W_x, params.b)
+
+    def body(carry, x_next):
+        c, h, gx = carry
+        c, h = _gates(gx + h @ params.W_h, c)
+        return (c, h, project(x_next)), h
+
+    z = _zeros(params, xs)
+    # The last step's "next" input is a dummy: its projection is computed and dropped.
+    xs_next = jnp.concatenate([xs[1:], xs[:1]], axis=0)
+    return jax.lax.scan(body, (z, z, project(xs[0])), xs_next)[1]
+
+
 VARIANTS: dict[str, Callable[[Any, Any], Any]] = {
     "base": base,
+    "no-policy": no_policy,
+    "pipelined": pipelined,
     "unroll2": lambda p, x: base(p, x, unroll=2),
     "unroll4": lambda p, x: base(p, x, unroll=4),
     "hoisted": hoisted,

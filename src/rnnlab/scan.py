@@ -158,7 +158,7 @@ def scan(
     outputs) and recomputes the rest of the step. Values and gradients are
     unchanged; the stored intermediates shrink (the LSTM's by about 40%), and
     on a 2-core CPU the forward+backward pass of those two cells took
-    0.68-0.98x the time (``benchmarks/results/speed_investigation.md`` section
+    0.65-1.03x the time (``benchmarks/results/speed_investigation.md`` section
     9). The fused derivative (:mod:`rnnlab.fused`, the default on GPUs) keeps
     its own residuals and does not read the policy.
 
