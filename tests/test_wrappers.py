@@ -182,3 +182,27 @@ def test_nnx_model_trains():
 
     losses = [float(update(model, optimizer)) for _ in range(40)]
     assert losses[-1] < 0.2 * losses[0], losses
+
+
+def test_linen_cell_keeps_the_checkpoint_policy(xs):
+    """Inside flax's nn.RNN the step runs under its checkpoint policy, as in rnnlab.scan:
+    the backward pass stores the same per-step arrays (for the LSTM: x, z, h and c, plus
+    the outputs the loss reads), and the gradients are rnnlab.scan's."""
+    cell = rnnlab.lstm(H)
+    flax_rnn = nn.RNN(LinenCell(cell), time_major=True)
+    variables = flax_rnn.init(jax.random.key(0), xs)
+    params = variables["params"]["cell"]["cell"]
+
+    def per_step(loss, p):
+        _, vjp = jax.vjp(loss, p)
+        return sorted(a.shape[1:] for a in jax.tree.leaves(vjp) if a.shape[:1] == (T,))
+
+    def flax_loss(v):
+        return jnp.sum(flax_rnn.apply(v, xs) ** 2)
+
+    def scan_loss(p):
+        return jnp.sum(rnnlab.scan(cell, p, xs)[1] ** 2)
+
+    assert per_step(flax_loss, variables) == per_step(scan_loss, params)
+    assert per_step(scan_loss, params) == sorted([(B, F), (B, 4 * H)] + [(B, H)] * 3)
+    _close(jax.grad(flax_loss)(variables)["params"]["cell"]["cell"], jax.grad(scan_loss)(params))

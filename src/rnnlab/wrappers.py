@@ -29,7 +29,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
-from rnnlab.cell import Array, Carry, Params, check_batch_shape, check_cell
+from rnnlab.cell import (
+    Array,
+    Carry,
+    Params,
+    check_batch_shape,
+    check_cell,
+    checkpointed_step,
+)
 from rnnlab.scan import scan
 
 
@@ -117,7 +124,8 @@ class LinenCell(nn.RNNCellBase):
     ``nn.RNN(LinenCell(rnnlab.lstm(32)))`` behaves like ``nn.RNN(nn.LSTMCell(32))``
     (flax's batch-major default, flax's ``seq_lengths``/``keep_order``), with
     the cell's params in one param named ``"cell"``. Prefer :class:`LinenRNN`
-    unless flax's RNN machinery is wanted.
+    unless flax's RNN machinery is wanted. The step runs under its checkpoint
+    policy (:func:`rnnlab.checkpointed_step`), as in :func:`rnnlab.scan`.
 
     The carry comes from ``cell.initial_carry(params, batch_shape)``. When the
     params do not exist yet (during ``init``, or on an unbound module) it is
@@ -135,7 +143,9 @@ class LinenCell(nn.RNNCellBase):
         """One step: ``inputs [*batch, F]`` -> ``(carry, y [*batch, H])``."""
         check_cell(self.cell)
         params = self.param("cell", self.cell.init, jnp.shape(inputs)[-1])
-        return self.cell.step(params, carry, inputs)
+        # The step under its checkpoint policy, as rnnlab.scan runs it, so that
+        # flax's scan differentiates it the same way (rnnlab.checkpointed_step).
+        return checkpointed_step(self.cell)(params, carry, inputs)
 
     @nn.nowrap
     def initialize_carry(self, rng: Any, input_shape: tuple[int, ...]) -> Carry:
