@@ -55,6 +55,7 @@ from rnnlab.cell import (
     check_carry,
     check_cell,
     check_float_input,
+    checkpointed_step,
     prepare_params,
 )
 from rnnlab.scan import scan
@@ -151,10 +152,13 @@ def carry_grad_norms(
     eps_dtype = jnp.result_type(xs.dtype, *(lay.real_dtype for lay in layout if lay.size))
     eps = jnp.zeros((num_steps, *batch_shape, offsets[-1]), eps_dtype)
 
+    # The cell's step under its checkpoint policy, as rnnlab.scan would run it.
+    step = checkpointed_step(cell)
+
     def perturbed_step(p, c, x_and_eps):
         x = x_and_eps[..., :num_features].astype(xs.dtype)
         e = x_and_eps[..., num_features:]
-        c, y = cell.step(p, c, x)
+        c, y = step(p, c, x)
         new_leaves = [
             leaf + _unflatten_features(e[..., lo:hi], lay, leaf.shape)
             if lay.size
