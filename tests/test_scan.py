@@ -263,3 +263,6 @@ def test_checkpointed_step_reads_the_policy_from_the_step():
     assert not asked  # the forward pass alone does not linearise
     jax.grad(lambda p: jnp.sum(rnnlab.scan(cell, p, xs)[1]))(params)
     assert asked
+    step.checkpoint_policy = "dots"
+    with pytest.raises(TypeError, match="checkpoint_policy must be a jax.checkpoint policy"):
+        rnnlab.scan(cell, params, xs)

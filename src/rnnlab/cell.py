@@ -86,6 +86,11 @@ def checkpointed_step(cell: Any) -> Callable[[Params, Carry, Array], tuple[Carry
     policy = getattr(cell.step, "checkpoint_policy", None)
     if policy is None:
         return cell.step
+    if not callable(policy):
+        raise TypeError(
+            "cell.step.checkpoint_policy must be a jax.checkpoint policy (a callable such "
+            f"as jax.checkpoint_policies.dots_saveable) or None; received {policy!r}."
+        )
     return jax.checkpoint(cell.step, policy=policy, prevent_cse=False)
 
 
