@@ -179,9 +179,9 @@ def test_float64_inputs_with_float32_params_is_a_clear_error(lstm_case, x64):
 
 
 # ----------------------------------------------------------------------------- checkpoint policy
-# The LSTM's and GRU's steps carry a checkpoint_policy (rnnlab.checkpointed_step): the
-# backward pass of rnnlab.scan keeps only their matmul results per step and recomputes
-# the gates from them.
+# The LSTM's, GRU's and minGRU's steps carry a checkpoint_policy (rnnlab.checkpointed_step):
+# the backward pass of rnnlab.scan keeps only their matmul results (minGRU: only the step's
+# inputs) per step and recomputes the rest.
 
 TP, BP, HP = 11, 3, 5  # T differs from every weight's leading size, so [T, ...] leaves are per-step
 
@@ -200,10 +200,12 @@ def _per_step_floats(cell, params, xs, **kwargs):
 
 # What the derivative needs per step, from the equations: the input x [F], the matmul
 # results (LSTM: z [4H]; GRU: the r and z pre-activations [2H] and the n block's two
-# [H]), the carry before the step (LSTM: h and c; GRU: h), and the output the loss reads.
+# [H]; minGRU recomputes its one matmul), the carry before the step (LSTM: h and c;
+# GRU, minGRU: h), and the output the loss reads.
 KEPT = {
     "lstm": lambda F, H: F + 4 * H + 2 * H + H,
     "gru": lambda F, H: F + 2 * H + 2 * H + H + H,
+    "mingru": lambda F, H: F + H + H,  # nothing_saveable: the inputs x and h only
 }
 
 
@@ -223,7 +225,7 @@ def test_backward_keeps_only_the_matmul_results(name, F_):
     assert _per_step_floats(stacked, two, xs) == KEPT[name](F_, HP) + KEPT[name](HP, HP) - HP
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru", "gru-reset-before"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru-reset-before", "mingru"])
 def test_checkpoint_policy_keeps_values_and_derivatives(name):
     """Values, reverse-mode and forward-mode derivatives with the policy equal plain
     autodiff of the same step, with lengths and reverse, and under remat."""

@@ -155,10 +155,11 @@ def scan(
     (:func:`rnnlab.checkpointed_step`): the sequential path then wraps each step in
     ``jax.checkpoint`` with it, so that the backward pass keeps only what the
     policy saves (for :func:`rnnlab.lstm` and :func:`rnnlab.gru`, the matmul
-    outputs) and recomputes the rest of the step. Values and gradients are
+    outputs; for :func:`rnnlab.mingru`, nothing but the step's inputs) and
+    recomputes the rest of the step. Values and gradients are
     unchanged; the stored intermediates shrink (the LSTM's by about 40%), and
-    on a 2-core CPU the forward+backward pass of those two cells took
-    0.65-1.03x the time (``benchmarks/results/speed_investigation.md`` section
+    on a 2-core CPU the forward+backward pass of those cells took
+    0.63-1.03x the time (``benchmarks/results/speed_investigation.md`` section
     9). The fused derivative (:mod:`rnnlab.fused`, the default on GPUs) keeps
     its own residuals and does not read the policy.
 

@@ -131,7 +131,17 @@ def mingru(
         k_z, k_h = jnp.split(_affine(xs, params.W_x, params.b), 2, axis=-1)
         return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * act(k_h)
 
-    return linear_cell(init, _zeros_carry(2), coefficients, _identity_readout)
+    cell = linear_cell(init, _zeros_carry(2), coefficients, _identity_readout)
+    # The sequential path's backward pass keeps only the step's inputs and
+    # recomputes the rest, the input matmul included (rnnlab.checkpointed_step;
+    # that matmul does not depend on the carry, so its recomputation is off the
+    # critical path). Measured on a 2-core CPU, forward+backward: 0.71x the time
+    # at T=1000 B=16 F=1 H=64, 0.91-0.93x at T=100 B=32 F=32 H=128, 0.80x at
+    # T=500 B=64 F=64 H=256; keeping the matmul result (dots_saveable) was
+    # 0.82-0.89x. minLSTM has no policy: both were up to 2x slower for it
+    # (benchmarks/results/speed_investigation.md section 9).
+    cell.step.checkpoint_policy = jax.checkpoint_policies.nothing_saveable
+    return cell
 
 
 def minlstm(
