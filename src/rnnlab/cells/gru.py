@@ -50,6 +50,7 @@ class GRUWeights(NamedTuple):
 #: ``jax.checkpoint`` names in its step): the r and z pre-activations summed
 #: over input and hidden, and the n block's two matmul results.
 SAVED = ("rnnlab.gru.rz", "rnnlab.gru.n_x", "rnnlab.gru.n_h")
+_RZ, _N_X, _N_H = SAVED
 
 
 def prepare(params: GRUParams | GRUWeights) -> GRUWeights:
@@ -173,14 +174,14 @@ def gru(
         else:
             a_rz = x @ w.W_rz_x + h @ w.W_rz_h
         # The names mark what the backward pass keeps (SAVED, below).
-        a_rz = checkpoint_name(a_rz, "rnnlab.gru.rz")
+        a_rz = checkpoint_name(a_rz, _RZ)
         r, z = jnp.split(jax.nn.sigmoid(add_bias(a_rz, w.b_rz)), 2, axis=-1)
-        gx_n = add_bias(checkpoint_name(x @ w.W_n_x, "rnnlab.gru.n_x"), w.b_n_x)
+        gx_n = add_bias(checkpoint_name(x @ w.W_n_x, _N_X), w.b_n_x)
         if reset_after:
-            gh_n = checkpoint_name(h @ w.W_n_h, "rnnlab.gru.n_h")
+            gh_n = checkpoint_name(h @ w.W_n_h, _N_H)
             n = jnp.tanh(gx_n + r * add_bias(gh_n, w.b_n_h))
         else:
-            gh_n = checkpoint_name((r * h) @ w.W_n_h, "rnnlab.gru.n_h")
+            gh_n = checkpoint_name((r * h) @ w.W_n_h, _N_H)
             n = jnp.tanh(gx_n + add_bias(gh_n, w.b_n_h))
         h = (1.0 - z) * n + z * h
         return h, h

@@ -26,6 +26,11 @@ class LSTMCarry(NamedTuple):
     h: Array  # [*batch, H] hidden state (the output)
 
 
+#: The one per-step value the LSTM's backward pass reads back from memory (the
+#: ``jax.checkpoint`` name in its step): the matmul result ``[x, h] @ [W_x; W_h]``.
+SAVED = ("rnnlab.lstm.z",)
+
+
 def lstm(
     hidden_size: int,
     *,
@@ -128,8 +133,8 @@ def lstm(
         # Inside lax.scan, XLA hoists the weight concatenation out of the loop.
         xh = jnp.concatenate([x, carry.h], axis=-1)
         z = xh @ jnp.concatenate([params.W_x, params.W_h], axis=0)
-        # The one value the backward pass keeps per step (checkpoint_policy below).
-        z = checkpoint_name(z, "rnnlab.lstm.z")
+        # The one value the backward pass keeps per step (SAVED, checkpoint_policy below).
+        z = checkpoint_name(z, SAVED[0])
         return gates(add_bias(z, params.b), carry)
 
     # The same step as three pieces, for rnnlab.fused's whole-sequence derivative.
@@ -140,6 +145,6 @@ def lstm(
     # its derivative). Measured on a 2-core CPU, forward+backward: 0.68x the
     # time at T=1000 B=16 F=1 H=64, 0.95-0.97x at T=500 B=64 F=64 H=256,
     # 0.98x at T=100 B=32 F=32 H=128 (speed_investigation.md section 9).
-    step.checkpoint_policy = jax.checkpoint_policies.save_only_these_names("rnnlab.lstm.z")
+    step.checkpoint_policy = jax.checkpoint_policies.save_only_these_names(*SAVED)
 
     return Cell(init, initial_carry, step)
