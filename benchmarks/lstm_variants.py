@@ -29,14 +29,23 @@ Variants:
   gradients and ``dh @ W_h^T``; the weight and input gradients are single matmuls
   over all ``T * B`` rows after the loop (what cuDNN and oneDNN do). It has no
   forward-mode derivative, which is one reason rnnlab does not use it.
+- ``custom-vjp-z``: the same idea with the residuals trimmed as in ``base``: the forward
+  loop keeps z = ``[x, h] W + b``, c_{t-1} and h_{t-1} per step, the backward loop
+  recomputes the gates from z, writes dz over z in the same buffer and multiplies by a
+  pre-transposed ``W_h^T``. No forward-mode derivative either.
+- ``custom-jvp-z``: the same residuals as a ``jax.custom_jvp`` of the sequence (so
+  ``jax.jvp`` works, as in ``rnnlab.fused``): the tangents of all input and weight terms
+  as one matmul each over ``T * B`` rows, a loop over the rest; reverse mode is JAX's
+  transpose of it, recomputing the gates from z under ``jax.checkpoint``.
 - ``split-xh``: ``x @ W_x + h @ W_h`` instead of one matmul over ``[x, h]``.
 - ``split-gates``: eight matmuls, ``x @ W_x_g + h @ W_h_g`` per gate g, the gates never
   concatenated. (Splitting made the GRU's step faster on a 2-core CPU, where XLA then
   ran its matmuls on both cores: ``gru_variants.py``; for the LSTM it did not.)
 
 The variants not built on ``rnnlab.scan`` (all but ``base``, ``unroll2`` and ``unroll4``)
-are differentiated plainly, with no checkpoint policy: for the effect of a layout alone on
-the forward+backward pass, compare them with ``no-policy``.
+and without a hand-written derivative (the three ``custom-*``) are differentiated plainly,
+with no checkpoint policy: for the effect of a layout alone on the forward+backward pass,
+compare them with ``no-policy``.
 
 Writes ``lstm_variants.json`` and ``lstm_variants.md`` into ``benchmarks/results/``
 (or ``--out``). Nothing here is asserted in tests except that the variants agree.
@@ -45,6 +54,7 @@ Writes ``lstm_variants.json`` and ``lstm_variants.md`` into ``benchmarks/results
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -193,6 +203,92 @@ def _custom_bwd(res, dys):
 custom_vjp.defvjp(_custom_fwd, _custom_bwd)
 
 
+def _z_forward_loop(params, xs):
+    """The forward loop, also returning per step z = [x, h] W + b and the carry it read."""
+    W = jnp.concatenate([params.W_x, params.W_h], axis=0)
+
+    def body(carry, x):
+        c, h = carry
+        z = add_bias(jnp.concatenate([x, h], axis=-1) @ W, params.b)
+        new_c, new_h = _gates(z, c)
+        return (new_c, new_h), (new_h, z, c, h)
+
+    z = _zeros(params, xs)
+    return jax.lax.scan(body, (z, z), xs)[1]  # ys, zs, c_prev, h_prev
+
+
+@jax.custom_vjp
+def custom_vjp_z(params, xs):
+    return _vjp_forward_loop(params, xs, keep=False)
+
+
+def _custom_z_fwd(params, xs):
+    ys, zs, c_prev, h_prev = _z_forward_loop(params, xs)
+    return ys, (params, xs, zs, c_prev, h_prev)
+
+
+def _custom_z_bwd(res, dys):
+    params, xs, zs, c_prev, h_prev = res
+    T, B, F = xs.shape
+    W_hT = params.W_h.T  # materialised once: the loop's dz @ W_h^T is then a plain matmul
+
+    def body(carry, t):
+        dc, dh, buf = carry
+        z, cp, dy = (jax.lax.dynamic_index_in_dim(a, t, keepdims=False) for a in (buf, c_prev, dys))
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        tc = jnp.tanh(f * cp + i * g)
+        dh = dh + dy
+        dc = dc + dh * o * (1 - tc * tc)
+        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f),
+                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=-1)
+        # dz overwrites z in the same buffer: z_t is dead once read.
+        return (dc * f, dz @ W_hT, jax.lax.dynamic_update_index_in_dim(buf, dz, t, 0)), None
+
+    zero = jnp.zeros_like(c_prev[0])
+    (_, _, dzs), _ = jax.lax.scan(body, (zero, zero, zs), jnp.arange(T), reverse=True)
+    dz = dzs.reshape(T * B, -1)
+    grads = rnnlab.LSTMParams(W_x=xs.reshape(T * B, F).T @ dz,
+                              W_h=h_prev.reshape(T * B, -1).T @ dz, b=dz.sum(0))
+    return grads, (dz @ params.W_x.T).reshape(xs.shape)
+
+
+custom_vjp_z.defvjp(_custom_z_fwd, _custom_z_bwd)
+
+
+@jax.custom_jvp
+def custom_jvp_z(params, xs):
+    return _vjp_forward_loop(params, xs, keep=False)
+
+
+@custom_jvp_z.defjvp
+def _custom_jvp_z_rule(primals, tangents):
+    params, xs = primals
+    d_params, d_xs = tangents
+    ys, zs, c_prev, h_prev = _z_forward_loop(params, xs)
+    T, B, F = xs.shape
+    flat = lambda a: a.reshape(T * B, -1)  # noqa: E731
+    # Every term of dz_t that does not involve the previous step's tangent, for all t at
+    # once: reverse mode turns these into the weight and input gradients, one matmul each.
+    d_pre = add_bias(flat(xs) @ d_params.W_x + flat(d_xs) @ params.W_x
+                     + flat(h_prev) @ d_params.W_h, d_params.b).reshape(T, B, -1)
+
+    # Recomputed from z_t and c_{t-1} in the backward loop, not stored per step.
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable,
+                       prevent_cse=False)
+    def linear_gates(z, cp, dz, dc):
+        return jax.jvp(_gates, (z, cp), (dz, dc))[1]
+
+    def body(carry, inp):
+        dc, dh = carry
+        z, cp, dp = inp
+        dc, dh = linear_gates(z, cp, dp + dh @ params.W_h, dc)
+        return (dc, dh), dh
+
+    zero = _zeros(params, xs)
+    return ys, jax.lax.scan(body, (zero, zero), (zs, c_prev, d_pre))[1]
+
+
 def split_xh(params, xs):
     def body(carry, x):
         c, h = _gates(add_bias(x @ params.W_x + carry[1] @ params.W_h, params.b), carry[0])
@@ -258,6 +354,8 @@ VARIANTS: dict[str, Callable[[Any, Any], Any]] = {
     "one-tanh": one_tanh,
     "batch-split": batch_split,
     "custom-vjp": custom_vjp,
+    "custom-vjp-z": custom_vjp_z,
+    "custom-jvp-z": custom_jvp_z,
     "split-xh": split_xh,
     "split-gates": split_gates,
 }

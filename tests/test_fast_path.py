@@ -293,7 +293,7 @@ def _assert_variants_match(variants, reference, params, xs):
         close(jax.grad(loss(fn), argnums=(0, 1))(params, xs), want_grads, 1e-5)
 
 
-@pytest.mark.slow  # ~15 s: seven variants, each compiled forward and forward+backward
+@pytest.mark.slow  # ~20 s: the variants, each compiled forward and forward+backward
 def test_lstm_variants_agree_and_run(tmp_path, load_script):
     """Every idea in benchmarks/lstm_variants.py computes the plain scan's values and
     gradients (the hand-written custom VJP included), and the script runs end to end."""
@@ -304,6 +304,11 @@ def test_lstm_variants_agree_and_run(tmp_path, load_script):
         params = params._replace(b=params.b + 0.1 * jnp.arange(4 * H_) / H_)
         xs = jax.random.normal(jax.random.key(1), (T_, B_, F_))
         _assert_variants_match(module.VARIANTS.values(), module.base, params, xs)
+        # The custom JVP's reason to exist: forward mode, equal to the plain scan's.
+        tangents = jax.tree.map(lambda a: jnp.sin(jnp.arange(a.size) + 1.0).reshape(a.shape),
+                                (params, xs))
+        close(jax.jvp(module.custom_jvp_z, (params, xs), tangents),
+              jax.jvp(module.base, (params, xs), tangents), 1e-5)
         module.main(["--quick", "--out", str(tmp_path)])
     finally:
         del sys.modules["rnnlab_bench_variants"]
