@@ -174,9 +174,28 @@ def _custom_fwd(params, xs):
     return ys, (params, xs, ys, gates, cs)
 
 
+def _gate_grads(i, f, g, o, c_prev, tanh_c, dc, dh):
+    """One step of the hand-written backward loops: from the activated gates, c_{t-1},
+    tanh(c_t) and the cotangents of c_t and h_t, the cotangent of c_{t-1} through the cell
+    state and that of z_t (the pre-activations)."""
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)
+    dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                          dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], axis=-1)
+    return dc * f, dz
+
+
+def _grads_after_loop(params, xs, h_prev, dzs):
+    """The weight and input gradients from every step's dz at once: one matmul each over
+    all ``T * B`` rows (what the custom derivatives move out of the loop)."""
+    T, B, F = xs.shape
+    dz = dzs.reshape(T * B, -1)
+    grads = rnnlab.LSTMParams(W_x=xs.reshape(T * B, F).T @ dz,
+                              W_h=h_prev.reshape(T * B, -1).T @ dz, b=dz.sum(0))
+    return grads, (dz @ params.W_x.T).reshape(xs.shape)
+
+
 def _custom_bwd(res, dys):
     params, xs, ys, gates, cs = res
-    T, B, F = xs.shape
     z = jnp.zeros_like(cs[0])
     c_prev = jnp.concatenate([z[None], cs[:-1]], axis=0)
     W_hT = params.W_h.T
@@ -185,19 +204,12 @@ def _custom_bwd(res, dys):
         dc, dh = carry
         dy, a, c, cp = inp
         i, f, g, o = jnp.split(a, 4, axis=-1)
-        dh = dh + dy
-        tc = jnp.tanh(c)
-        dc = dc + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f),
-                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=-1)
-        return (dc * f, dz @ W_hT), dz
+        dc, dz = _gate_grads(i, f, g, o, cp, jnp.tanh(c), dc, dh + dy)
+        return (dc, dz @ W_hT), dz
 
     _, dzs = jax.lax.scan(body, (z, z), (dys, gates, cs, c_prev), reverse=True)
     h_prev = jnp.concatenate([z[None], ys[:-1]], axis=0)
-    dz = dzs.reshape(T * B, -1)
-    grads = rnnlab.LSTMParams(W_x=xs.reshape(T * B, F).T @ dz,
-                              W_h=h_prev.reshape(T * B, -1).T @ dz, b=dz.sum(0))
-    return grads, (dz @ params.W_x.T).reshape(xs.shape)
+    return _grads_after_loop(params, xs, h_prev, dzs)
 
 
 custom_vjp.defvjp(_custom_fwd, _custom_bwd)
@@ -229,7 +241,6 @@ def _custom_z_fwd(params, xs):
 
 def _custom_z_bwd(res, dys):
     params, xs, zs, c_prev, h_prev = res
-    T, B, F = xs.shape
     W_hT = params.W_h.T  # materialised once: the loop's dz @ W_h^T is then a plain matmul
 
     def body(carry, t):
@@ -237,20 +248,13 @@ def _custom_z_bwd(res, dys):
         z, cp, dy = (jax.lax.dynamic_index_in_dim(a, t, keepdims=False) for a in (buf, c_prev, dys))
         i, f, g, o = jnp.split(z, 4, axis=-1)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-        tc = jnp.tanh(f * cp + i * g)
-        dh = dh + dy
-        dc = dc + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f),
-                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=-1)
+        dc, dz = _gate_grads(i, f, g, o, cp, jnp.tanh(f * cp + i * g), dc, dh + dy)
         # dz overwrites z in the same buffer: z_t is dead once read.
-        return (dc * f, dz @ W_hT, jax.lax.dynamic_update_index_in_dim(buf, dz, t, 0)), None
+        return (dc, dz @ W_hT, jax.lax.dynamic_update_index_in_dim(buf, dz, t, 0)), None
 
     zero = jnp.zeros_like(c_prev[0])
-    (_, _, dzs), _ = jax.lax.scan(body, (zero, zero, zs), jnp.arange(T), reverse=True)
-    dz = dzs.reshape(T * B, -1)
-    grads = rnnlab.LSTMParams(W_x=xs.reshape(T * B, F).T @ dz,
-                              W_h=h_prev.reshape(T * B, -1).T @ dz, b=dz.sum(0))
-    return grads, (dz @ params.W_x.T).reshape(xs.shape)
+    (_, _, dzs), _ = jax.lax.scan(body, (zero, zero, zs), jnp.arange(xs.shape[0]), reverse=True)
+    return _grads_after_loop(params, xs, h_prev, dzs)
 
 
 custom_vjp_z.defvjp(_custom_z_fwd, _custom_z_bwd)
