@@ -60,7 +60,7 @@ import jax.numpy as jnp
 
 import rnnlab
 from rnnlab import experiment
-from rnnlab.cell import check_choice
+from rnnlab.validation import check_choice
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 PASSES = ("forward", "forward+backward")

@@ -34,7 +34,7 @@ import numpy as np
 
 import rnnlab
 from rnnlab import diagnostics, distributed, experiment, plots, registry, tasks, train
-from rnnlab.cell import add_bias
+from rnnlab.validation import add_bias
 
 EXPERIMENT = "vanishing_gradients"
 DEFAULT_GAINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)

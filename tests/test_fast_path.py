@@ -1,15 +1,12 @@
-"""rnnlab.scan's fast derivative (rnnlab.fused) and checkpointed BPTT (remat) vs the reference.
+"""rnnlab.scan's fused derivative (derivative="fused") and checkpointed BPTT (remat) vs the reference.
 
-Oracles: the plain ``lax.scan`` over the same step with the fast path hidden
-(the step wrapped in a function without the ``gated`` attribute), and the scan
-without remat. Values and gradients, float32 and float64, with every option of
-rnnlab.scan that changes the loop.
+Oracles: the same cell differentiated by plain autodiff (``derivative="autodiff"``),
+and the scan without remat. Values and gradients, float32 and float64, with every
+option of rnnlab.scan that changes the loop.
 """
 
 import functools
-import json
-import sys
-import time
+import re
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +15,15 @@ import pytest
 from jax.test_util import check_grads
 
 import rnnlab
-from rnnlab import fused
+from rnnlab.modes import fused
+
+
+def chex_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 T, B, F, H = 7, 3, 2, 5
 LENGTHS = np.array([7, 3, 0])
-GATED = {  # every registry cell whose step has the fast path
+AFFINE = {  # every registry cell with an AffineForm
     "lstm": lambda: rnnlab.lstm(H),
     "gru": lambda: rnnlab.gru(H),
     "elman": lambda: rnnlab.elman(H),
@@ -36,18 +37,8 @@ OPTIONS = {
     "time_axis": {"time_axis": 1},
     "carry": {"carry": "random"},
 }
-
-
-@pytest.fixture
-def fast_path(monkeypatch):
-    """Turns the fast path on (by default it is on for GPUs only: rnnlab.fused.ENABLED)."""
-    monkeypatch.setattr(fused, "ENABLED", True)
-
-
-def reference(cell):
-    """The same cell with the fast path hidden: its step without the ``gated`` attribute."""
-    step = cell.step
-    return rnnlab.Cell(cell.init, cell.initial_carry, lambda p, c, x: step(p, c, x))
+FUSED = {"derivative": "fused"}
+AUTODIFF = {"derivative": "autodiff"}
 
 
 def close(a, b, tol):
@@ -55,7 +46,7 @@ def close(a, b, tol):
 
 
 def _case(name, dtype, option):
-    cell = GATED[name]()
+    cell = AFFINE[name]()
     k_p, k_x, k_c = jax.random.split(jax.random.key(0), 3)
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(k_p, F))
     kwargs = dict(OPTIONS[option])
@@ -80,37 +71,52 @@ def _loss(cell, kwargs, params, xs):
     return jnp.sum(weights * ys) + sum(jnp.sum(jnp.cos(c)) for c in jax.tree.leaves(carry))
 
 
-@pytest.mark.parametrize("setting, backend, expected", [
-    (None, "cpu", False), (None, "gpu", True), (None, "tpu", False),
-    (True, "cpu", True), (False, "gpu", False),
+@pytest.mark.parametrize("derivative, backend, remat, expected", [
+    ("auto", "cpu", False, False), ("auto", "gpu", False, True), ("auto", "tpu", False, False),
+    ("auto", "gpu", True, False), ("fused", "cpu", False, True), ("autodiff", "gpu", False, False),
 ])
-def test_the_fast_path_defaults_to_gpus_only(monkeypatch, setting, backend, expected):
-    """ENABLED=None resolves by JAX's default backend; True/False override it. rnnlab.scan
-    follows the resolved value (counted by wrapping fused.gated_scan)."""
-    monkeypatch.setattr(fused, "ENABLED", setting)
+def test_the_fused_derivative_is_chosen_per_call(monkeypatch, derivative, backend, remat,
+                                                  expected):
+    """derivative="auto" resolves by JAX's default backend (fused on GPUs, without remat);
+    an explicit choice overrides it. Counted by wrapping the fused path."""
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    assert fused.enabled() is expected
     calls = []
-    original = fused.gated_scan
-    monkeypatch.setattr(fused, "gated_scan", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fused.run
+    monkeypatch.setattr(fused, "run", lambda *a, **k: calls.append(1) or original(*a, **k))
     cell = rnnlab.lstm(H)
     params = cell.init(jax.random.key(0), F)
-    rnnlab.scan(cell, params, jnp.ones((T, B, F)))
+    rnnlab.scan(cell, params, jnp.ones((T, B, F)), derivative=derivative, remat=remat)
     assert len(calls) == int(expected)
 
 
-def test_the_cells_have_the_fast_path_and_wrappers_do_not():
-    for make in GATED.values():
-        assert fused.get_gated(make()) is not None
-    assert fused.get_gated(reference(rnnlab.lstm(H))) is None
-    assert fused.get_gated(rnnlab.gru(H, reset_after=False)) is None
+def test_the_affine_cells_have_the_form_and_others_do_not():
+    for make in AFFINE.values():
+        assert rnnlab.cell.affine_form(make()) is not None
+    for cell in (rnnlab.gru(H, reset_after=False), rnnlab.lru(H), rnnlab.orthogonal(H),
+                 rnnlab.stack([rnnlab.lstm(H)])):
+        assert rnnlab.cell.affine_form(cell) is None
+        with pytest.raises(ValueError, match="derivative='fused' needs a cell with an AffineForm"):
+            rnnlab.scan(cell, cell.init(jax.random.key(0), F), jnp.ones((T, B, F)), **FUSED)
+
+
+def test_the_fused_derivative_rejects_remat_and_the_parallel_mode():
+    cell = rnnlab.lstm(H)
+    params = cell.init(jax.random.key(0), F)
+    with pytest.raises(ValueError, match="cannot be combined with remat"):
+        rnnlab.scan(cell, params, jnp.ones((T, B, F)), remat=True, **FUSED)
+    lru = rnnlab.lru(H)
+    with pytest.raises(ValueError, match="applies to the sequential path"):
+        rnnlab.scan(lru, lru.init(jax.random.key(0), F), jnp.ones((T, B, F)), mode="auto",
+                    **FUSED)
+    with pytest.raises(ValueError, match="derivative must be one of"):
+        rnnlab.scan(cell, params, jnp.ones((T, B, F)), derivative="hand")
 
 
 def _cases():
-    # The fast path is off on CPU, where CI runs (rnnlab.fused.ENABLED), so the default
-    # run keeps float32 LSTM and GRU with every option; the rest run with -m slow.
+    # derivative="auto" is autodiff on CPU, where CI runs, so the default run keeps
+    # float32 LSTM and GRU with every option; the rest run with -m slow.
     for dtype in ("float32", "float64"):
-        for name in GATED:
+        for name in AFFINE:
             for option in OPTIONS:
                 fast = dtype == "float32" and name in ("lstm", "gru")
                 marks = () if fast else (pytest.mark.slow,)
@@ -118,60 +124,75 @@ def _cases():
 
 
 @pytest.mark.parametrize("name, option, dtype", list(_cases()))
-def test_fast_path_equals_reference(name, option, dtype, fast_path):
+def test_fused_equals_autodiff(name, option, dtype):
     with jax.enable_x64(dtype == "float64"):
         dt = jnp.dtype(dtype)
         tol = 1e-5 if dt == jnp.float32 else 1e-12
         cell, params, xs, kwargs = _case(name, dt, option)
-        fast = rnnlab.scan(cell, params, xs, **kwargs)
-        slow = rnnlab.scan(reference(cell), params, xs, **kwargs)
-        close(fast, slow, tol)
+        fast, slow = {**kwargs, **FUSED}, {**kwargs, **AUTODIFF}
+        # The same step runs in both, so the values agree to the bit.
+        chex_equal(rnnlab.scan(cell, params, xs, **fast), rnnlab.scan(cell, params, xs, **slow))
         grad = jax.grad(_loss, argnums=(2, 3))
-        g_fast = grad(cell, kwargs, params, xs)
-        g_slow = grad(reference(cell), kwargs, params, xs)
-        close(g_fast, g_slow, tol)
+        close(grad(cell, fast, params, xs), grad(cell, slow, params, xs), tol)
         if "carry" in kwargs:  # gradient w.r.t. the initial carry too
             def by_carry(c, k):
-                return _loss(k, {**kwargs, "carry": c}, params, xs)
+                return _loss(cell, {**k, "carry": c}, params, xs)
 
-            close(jax.grad(by_carry)(kwargs["carry"], cell),
-                  jax.grad(by_carry)(kwargs["carry"], reference(cell)), tol)
-        # Forward mode (the fast path is a custom_jvp).
+            close(jax.grad(by_carry)(kwargs["carry"], fast),
+                  jax.grad(by_carry)(kwargs["carry"], slow), tol)
+        # Forward mode (the fused path is a custom_jvp).
         tangents = (jax.tree.map(jnp.ones_like, params), jnp.ones_like(xs))
-        close(jax.jvp(lambda p, x: rnnlab.scan(cell, p, x, **kwargs), (params, xs), tangents),
-              jax.jvp(lambda p, x: rnnlab.scan(reference(cell), p, x, **kwargs),
-                      (params, xs), tangents), tol)
+        close(jax.jvp(lambda p, x: rnnlab.scan(cell, p, x, **fast), (params, xs), tangents),
+              jax.jvp(lambda p, x: rnnlab.scan(cell, p, x, **slow), (params, xs), tangents), tol)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
-def test_fast_path_under_jit_and_vmap_over_params(name, fast_path):
+def test_fused_under_jit_and_vmap_over_params(name):
     cell, _, xs, _ = _case(name, jnp.float32, "plain")
     many = jax.vmap(cell.init, in_axes=(0, None))(jax.random.split(jax.random.key(3), 4), F)
     lengths = jnp.asarray(LENGTHS)
 
-    def grads(c):
-        loss = functools.partial(_loss, c, {"lengths": lengths, "reverse": True})
+    def grads(derivative):
+        loss = functools.partial(_loss, cell, {"lengths": lengths, "reverse": True, **derivative})
         return jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1)), in_axes=(0, None)))(
             many, xs)
 
-    close(grads(cell), grads(reference(cell)), 1e-5)
+    close(grads(FUSED), grads(AUTODIFF), 1e-5)
 
 
-def test_fast_path_second_derivatives(x64, fast_path):
+def test_fused_second_derivatives(x64):
     cell, params, xs, _ = _case("lstm", jnp.float64, "plain")
 
-    def hvp(c):
-        g = jax.grad(lambda p: _loss(c, {}, p, xs))
+    def hvp(derivative):
+        g = jax.grad(lambda p: _loss(cell, derivative, p, xs))
         return jax.jvp(g, (params,), (jax.tree.map(jnp.ones_like, params),))[1]
 
-    close(hvp(cell), hvp(reference(cell)), 1e-10)
+    close(hvp(FUSED), hvp(AUTODIFF), 1e-10)
 
 
-def test_fast_path_check_grads(x64, fast_path):
+def test_fused_check_grads(x64):
     cell, params, xs, kwargs = _case("gru", jnp.float64, "lengths")
     check_grads(
-        lambda p, x: _loss(cell, kwargs, p, x), (params, xs), order=1, modes=("fwd", "rev"),
-        atol=1e-5, rtol=1e-5)
+        lambda p, x: _loss(cell, {**kwargs, **FUSED}, p, x), (params, xs), order=1,
+        modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_reads_the_form_not_the_step():
+    """A user's cell built with rnnlab.affine_cell gets the fused derivative, and its
+    backward pass multiplies by R and A alone: no matmul produces a [rows, F + H] gradient
+    of the concatenated [x, h] that the step's one matmul reads."""
+    elman = rnnlab.elman(H)
+    form = rnnlab.cell.affine_form(elman)
+    cell = rnnlab.affine_cell(elman.init, elman.initial_carry, *form)
+    params = cell.init(jax.random.key(0), 4)
+    xs = jax.random.normal(jax.random.key(1), (T, B, 4))
+    close(rnnlab.scan(cell, params, xs, **FUSED), rnnlab.scan(elman, params, xs), 0.0)
+    grad = jax.jit(jax.grad(lambda p: _loss(cell, FUSED, p, xs)))
+    hlo = grad.lower(params).compile().as_text()
+    wasteful = [line for line in hlo.splitlines()
+                if re.search(r"= f32\[(3|21),9\]\{[0-9,]*\} dot\(", line)]  # B or T*B rows
+    assert not wasteful, wasteful
+    assert re.search(r"= f32\[3,5\]\{[0-9,]*\} dot\(", hlo)  # the loop's dg @ R^T
 
 
 # ----------------------------------------------------------------------------- remat
@@ -229,126 +250,3 @@ def test_remat_rejects_bad_values():
     params = cell.init(jax.random.key(0), F)
     with pytest.raises(ValueError, match="remat"):
         rnnlab.scan(cell, params, jnp.zeros((T, B, F)), remat=0)
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-@pytest.mark.slow  # ~13 s: a subprocess that imports flax and compiles every framework
-def test_benchmark_suite_runs_quick(tmp_path, load_script):
-    """benchmarks/run.py --quick runs end to end (numbers are never asserted)."""
-    module = load_script("benchmarks/run.py", name="rnnlab_bench_run")
-    try:
-        # torch is never imported by the tests: the suite runs without it here.
-        module.main(["--quick", "--frameworks", "rnnlab,rnnlab-fused,flax,matmul-floor",
-                     "--out", str(tmp_path)])
-    finally:
-        del sys.modules["rnnlab_bench_run"]
-    assert (tmp_path / "suite_quick.md").exists()
-    data = json.loads((tmp_path / "suite_quick.json").read_text())
-    assert {(r["cell"], r["pass"]) for r in data["results"]} == {
-        (c, p) for c in ("lstm", "gru", "elman") for p in ("forward", "forward+backward")}
-    for row in data["results"]:
-        for f in ("rnnlab", "rnnlab-fused", "flax", "matmul-floor"):
-            assert 0 < row[f]["min_s"] <= row[f]["median_s"], (row["cell"], f)
-        assert row["rnnlab/flax"] == row["rnnlab"]["median_s"] / row["flax"]["median_s"]
-
-
-def test_interleaved_timing_orders_and_counts(load_script):
-    """run.py's timer: every implementation gets `repeats` times, each round starts from a
-    different one, and a slower call measures slower."""
-    module = load_script("benchmarks/run.py", name="rnnlab_bench_run")
-    try:
-        order = []
-
-        def call(name, seconds):
-            def f():
-                order.append(name)
-                time.sleep(seconds)
-            return f
-
-        out = module.time_interleaved({"fast": call("fast", 0.001), "slow": call("slow", 0.02)},
-                                      warmup=1, repeats=4)
-    finally:
-        del sys.modules["rnnlab_bench_run"]
-    assert order == ["fast", "slow"] + ["fast", "slow", "slow", "fast"] * 2
-    assert len(out["fast"]["times_s"]) == len(out["slow"]["times_s"]) == 4
-    assert out["slow"]["min_s"] > out["fast"]["median_s"]
-    assert out["fast"]["min_s"] <= out["fast"]["median_s"]
-    assert out["slow"]["minor_faults_per_call"] >= 0
-
-
-def _assert_variants_match(variants, reference, params, xs):
-    """Each of ``variants`` (fn(params, xs) -> ys) gives ``reference``'s outputs and the
-    gradients of a weighted sum of them w.r.t. params and inputs."""
-    want_ys = reference(params, xs)
-    weights = jnp.cos(jnp.arange(want_ys.size)).reshape(want_ys.shape)
-
-    def loss(fn):
-        return lambda p, x: jnp.sum(weights * fn(p, x))
-
-    want_grads = jax.grad(loss(reference), argnums=(0, 1))(params, xs)
-    for fn in variants:
-        close(fn(params, xs), want_ys, 1e-5)
-        close(jax.grad(loss(fn), argnums=(0, 1))(params, xs), want_grads, 1e-5)
-
-
-@pytest.mark.slow  # ~20 s: the variants, each compiled forward and forward+backward
-def test_lstm_variants_agree_and_run(tmp_path, load_script):
-    """Every idea in benchmarks/lstm_variants.py computes the plain scan's values and
-    gradients (the hand-written custom VJP included), and the script runs end to end."""
-    module = load_script("benchmarks/lstm_variants.py", name="rnnlab_bench_variants")
-    try:
-        T_, B_, F_, H_ = 7, 4, 3, 5
-        params = rnnlab.lstm(H_).init(jax.random.key(0), F_)
-        params = params._replace(b=params.b + 0.1 * jnp.arange(4 * H_) / H_)
-        xs = jax.random.normal(jax.random.key(1), (T_, B_, F_))
-        _assert_variants_match(module.VARIANTS.values(), module.base, params, xs)
-        # The custom JVP's reason to exist: forward mode, equal to the plain scan's.
-        tangents = jax.tree.map(lambda a: jnp.sin(jnp.arange(a.size) + 1.0).reshape(a.shape),
-                                (params, xs))
-        close(jax.jvp(module.custom_jvp_z, (params, xs), tangents),
-              jax.jvp(module.base, (params, xs), tangents), 1e-5)
-        module.main(["--quick", "--out", str(tmp_path)])
-    finally:
-        del sys.modules["rnnlab_bench_variants"]
-    assert (tmp_path / "lstm_variants_quick.md").exists()
-
-
-@pytest.mark.slow  # ~10 s: five variants at two input sizes, forward and gradient
-def test_gru_variants_agree_and_run(tmp_path, load_script):
-    """Every split in benchmarks/gru_variants.py (flax's GRUCell on converted weights
-    included) computes rnnlab.gru's values and gradients, with one input feature (the
-    step's joint [x, h] branch) and with three, and the script runs end to end."""
-    module = load_script("benchmarks/gru_variants.py", name="rnnlab_bench_gru_variants")
-    try:
-        T_, B_, H_ = 7, 4, 5
-        cell = rnnlab.gru(H_)
-
-        def python_loop(p, xs):  # the reference: a Python loop over the cell's step
-            h, ys = cell.initial_carry(p, (B_,)), []
-            for x in xs:
-                h, y = cell.step(p, h, x)
-                ys.append(y)
-            return jnp.stack(ys)
-
-        for F_ in (1, 3):
-            params = cell.init(jax.random.key(0), F_)
-            params = params._replace(b_x=params.b_x + 0.1,
-                                     b_h=params.b_h - 0.2 * jnp.arange(3 * H_) / H_)
-            xs = jax.random.normal(jax.random.key(1), (T_, B_, F_))
-            _assert_variants_match(module.VARIANTS.values(), python_loop, params, xs)
-        module.main(["--quick", "--out", str(tmp_path)])
-    finally:
-        del sys.modules["rnnlab_bench_gru_variants"]
-    assert (tmp_path / "gru_variants_quick.md").exists()
-
-
-def test_gated_step_builds_a_step_with_the_fast_path():
-    elman = rnnlab.elman(H)
-    form = fused.get_gated(elman)
-    cell = rnnlab.Cell(elman.init, elman.initial_carry, fused.gated_step(form))
-    assert fused.get_gated(cell) is form
-    params = cell.init(jax.random.key(0), F)
-    xs = jax.random.normal(jax.random.key(1), (T, B, F))
-    close(rnnlab.scan(cell, params, xs), rnnlab.scan(elman, params, xs), 1e-5)

@@ -158,7 +158,7 @@ def test_parallel_is_an_error_without_the_parallel_form():
     params = cell.init(jax.random.key(0), F)
     xs = jnp.ones((T, F))
     assert not rnnlab.has_parallel_form(cell)
-    with pytest.raises(ValueError, match="parallel form"):
+    with pytest.raises(ValueError, match="needs a cell with a LinearForm"):
         rnnlab.scan(cell, params, xs, mode="parallel")
     with pytest.raises(ValueError, match="mode"):
         rnnlab.scan(cell, params, xs, mode="fast")

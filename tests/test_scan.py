@@ -179,7 +179,7 @@ def test_float64_inputs_with_float32_params_is_a_clear_error(lstm_case, x64):
 
 
 # ----------------------------------------------------------------------------- checkpoint policy
-# The LSTM's, GRU's and minGRU's steps carry a checkpoint_policy (rnnlab.checkpointed_step):
+# The LSTM, GRU and minGRU carry a checkpoint_policy (rnnlab.checkpointed_step):
 # the backward pass of rnnlab.scan keeps only their matmul results (minGRU: only the step's
 # inputs) per step and recomputes the rest.
 
@@ -187,8 +187,8 @@ TP, BP, HP = 11, 3, 5  # T differs from every weight's leading size, so [T, ...]
 
 
 def _without_policy(cell):
-    """The same cell with a step that carries no checkpoint_policy: plain autodiff."""
-    return cell._replace(step=lambda p, c, x: cell.step(p, c, x))
+    """The same cell without its checkpoint_policy: plain autodiff of the step."""
+    return cell._replace(checkpoint_policy=None)
 
 
 def _per_step_floats(cell, params, xs, **kwargs):
@@ -245,7 +245,7 @@ def test_checkpoint_policy_keeps_values_and_derivatives(name):
               jax.jvp(functools.partial(loss, plain), (params, xs), tangents))
 
 
-def test_checkpointed_step_reads_the_policy_from_the_step():
+def test_checkpointed_step_reads_the_policy_from_the_cell():
     elman = rnnlab.elman(HP)
     assert rnnlab.checkpointed_step(elman) is elman.step  # no policy: the step itself
     asked = []
@@ -254,17 +254,30 @@ def test_checkpointed_step_reads_the_policy_from_the_step():
         asked.append(prim)
         return False
 
-    def step(p, c, x):
-        return elman.step(p, c, x)
-
-    step.checkpoint_policy = policy
-    cell = elman._replace(step=step)
+    cell = elman._replace(checkpoint_policy=policy)
     params = cell.init(jax.random.key(0), F)
     xs = jax.random.normal(jax.random.key(1), (TP, BP, F))
     rnnlab.scan(cell, params, xs)
     assert not asked  # the forward pass alone does not linearise
     jax.grad(lambda p: jnp.sum(rnnlab.scan(cell, p, xs)[1]))(params)
     assert asked
-    step.checkpoint_policy = "dots"
     with pytest.raises(TypeError, match="checkpoint_policy must be a jax.checkpoint policy"):
-        rnnlab.scan(cell, params, xs)
+        rnnlab.scan(elman._replace(checkpoint_policy="dots"), params, xs)
+
+
+def test_a_policy_hung_on_the_step_still_works_with_a_warning():
+    """The former protocol put the policy on the step function; a user cell written that
+    way keeps its policy and is told about the field."""
+    elman = rnnlab.elman(HP)
+    asked = []
+
+    def step(p, c, x):
+        return elman.step(p, c, x)
+
+    step.checkpoint_policy = lambda prim, *_, **__: asked.append(prim) or False
+    cell = rnnlab.Cell(elman.init, elman.initial_carry, step)
+    params = cell.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (TP, BP, F))
+    with pytest.warns(DeprecationWarning, match="pass checkpoint_policy= to rnnlab.Cell"):
+        jax.grad(lambda p: jnp.sum(rnnlab.scan(cell, p, xs)[1]))(params)
+    assert asked

@@ -5,21 +5,32 @@ Public API, re-exported by name::
     cell = rnnlab.lstm(hidden_size=64)
     params = cell.init(key, input_size=8)
     final_carry, ys = rnnlab.scan(cell, params, xs)   # xs [T, *batch, 8]
+
+``rnnlab.wrappers`` (Flax Linen and NNX modules) and ``rnnlab.experiment`` (the
+experiment scripts' plumbing) load on first use, so that ``import rnnlab``
+imports neither flax nor the command-line machinery.
 """
+
+import importlib
+from typing import Any
 
 from rnnlab import checks as checks
 from rnnlab import convert as convert
 from rnnlab import diagnostics as diagnostics
 from rnnlab import distributed as distributed
-from rnnlab import experiment as experiment
 from rnnlab import initializers as initializers
 from rnnlab import registry as registry
 from rnnlab import tasks as tasks
 from rnnlab import train as train
-from rnnlab import wrappers as wrappers
+from rnnlab.cell import AffineForm as AffineForm
 from rnnlab.cell import Cell as Cell
+from rnnlab.cell import LinearCell as LinearCell
+from rnnlab.cell import LinearForm as LinearForm
 from rnnlab.cell import PreparedCell as PreparedCell
+from rnnlab.cell import affine_cell as affine_cell
 from rnnlab.cell import checkpointed_step as checkpointed_step
+from rnnlab.cell import has_parallel_form as has_parallel_form
+from rnnlab.cell import linear_cell as linear_cell
 from rnnlab.cells import ElmanParams as ElmanParams
 from rnnlab.cells import GRUParams as GRUParams
 from rnnlab.cells import GRUWeights as GRUWeights
@@ -28,7 +39,6 @@ from rnnlab.cells import LSTMCarry as LSTMCarry
 from rnnlab.cells import LSTMParams as LSTMParams
 from rnnlab.cells import MinGRUParams as MinGRUParams
 from rnnlab.cells import MinLSTMParams as MinLSTMParams
-from rnnlab.cells import OrthogonalCell as OrthogonalCell
 from rnnlab.cells import OrthogonalParams as OrthogonalParams
 from rnnlab.cells import OrthogonalWeights as OrthogonalWeights
 from rnnlab.cells import elman as elman
@@ -42,10 +52,19 @@ from rnnlab.cells import orthogonal as orthogonal
 from rnnlab.cells import stack as stack
 from rnnlab.checks import checking as checking
 from rnnlab.checks import set_debug_checks as set_debug_checks
-from rnnlab.scan import LinearCell as LinearCell
-from rnnlab.scan import bidirectional as bidirectional
-from rnnlab.scan import has_parallel_form as has_parallel_form
-from rnnlab.scan import linear_cell as linear_cell
-from rnnlab.scan import scan as scan
+from rnnlab.sequence import bidirectional as bidirectional
+from rnnlab.sequence import scan as scan
+
+#: The former name of the orthogonal cell's type: a :class:`Cell` with ``prepare``.
+OrthogonalCell = PreparedCell
+
+_LAZY_MODULES = ("wrappers", "experiment", "plots")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"rnnlab.{name}")
+    raise AttributeError(f"module 'rnnlab' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"

@@ -47,18 +47,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from rnnlab import checks
-from rnnlab.cell import (
-    Array,
-    Carry,
-    Cell,
-    Params,
-    check_carry,
-    check_cell,
-    check_float_input,
-    checkpointed_step,
-    prepare_params,
-)
-from rnnlab.scan import scan
+from rnnlab.cell import Array, Carry, Cell, Params, checkpointed_step, prepare_params
+from rnnlab.sequence import scan
+from rnnlab.validation import check_carry, check_cell, check_float_input
 
 __all__ = ["carry_grad_norms", "fit_decay_rate", "jacobian_norms", "lyapunov_exponents"]
 

@@ -52,8 +52,9 @@ import numpy as np
 import optax
 
 from rnnlab import distributed, initializers
-from rnnlab.cell import Array, Params, add_bias, check_cell
-from rnnlab.scan import scan
+from rnnlab.cell import Array, Params
+from rnnlab.sequence import scan
+from rnnlab.validation import add_bias, check_cell
 from rnnlab.tasks import Batch, Task
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {

@@ -29,15 +29,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
-from rnnlab.cell import (
-    Array,
-    Carry,
-    Params,
-    check_batch_shape,
-    check_cell,
-    checkpointed_step,
-)
-from rnnlab.scan import scan
+from rnnlab.cell import Array, Carry, Params, checkpointed_step
+from rnnlab.sequence import scan
+from rnnlab.validation import check_batch_shape, check_cell
 
 
 def _input_size(xs: Any) -> int:

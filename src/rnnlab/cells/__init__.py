@@ -15,7 +15,6 @@ from rnnlab.cells.minrnn import MinGRUParams as MinGRUParams
 from rnnlab.cells.minrnn import MinLSTMParams as MinLSTMParams
 from rnnlab.cells.minrnn import mingru as mingru
 from rnnlab.cells.minrnn import minlstm as minlstm
-from rnnlab.cells.orthogonal import OrthogonalCell as OrthogonalCell
 from rnnlab.cells.orthogonal import OrthogonalParams as OrthogonalParams
 from rnnlab.cells.orthogonal import OrthogonalWeights as OrthogonalWeights
 from rnnlab.cells.orthogonal import orthogonal as orthogonal

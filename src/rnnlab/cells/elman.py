@@ -9,15 +9,14 @@ import jax
 import jax.numpy as jnp
 
 from rnnlab import initializers
-from rnnlab.cell import (
-    Cell,
+from rnnlab.cell import Cell, affine_cell
+from rnnlab.validation import (
     add_bias,
     check_batch_shape,
     check_choice,
     check_input_size,
     check_positive_int,
 )
-from rnnlab.fused import GatedRecurrence
 
 Array = jax.Array
 
@@ -87,33 +86,21 @@ def elman(
         batch_shape = check_batch_shape(batch_shape)
         return jnp.zeros(batch_shape + params.W_h.shape[:1], params.W_h.dtype)
 
-    def input_part(params: ElmanParams, x: Array) -> Array:
-        check_input_size(x, params.W_x.shape[0])
-        return add_bias(x @ params.W_x, params.b)  # [..., H]
-
-    def recurrent_part(params: ElmanParams, h: Array) -> Array:
-        return h @ params.W_h  # [..., H]
-
-    def pointwise(gx: Array, gh: Array, h: Array) -> tuple[Array, Array]:
-        h = act(gx + gh)
-        return h, h
-
-    def step(params: ElmanParams, h: Array, x: Array) -> tuple[Array, Array]:
+    def preactivation(params: ElmanParams, x: Array, h: Array) -> Array:
         check_input_size(x, params.W_x.shape[0])
         if params.W_x.shape[0] == 1:
-            # One input feature: x W_x is an outer product, and two matmuls beat the
-            # concatenation (2-core CPU, T=1000 B=16 H=64: forward 0.91x, forward+
-            # backward 1.00x; at F = 32 and 64 the single matmul wins or ties).
-            return pointwise(input_part(params, x), recurrent_part(params, h), h)
-        # One matmul [x, h] [W_x; W_h] rather than two (see rnnlab.lstm).
+            # One input feature: x W_x is an outer product, and two matmuls beat one
+            # over [x, h] on CPU (docs/performance.md).
+            return add_bias(x @ params.W_x, params.b) + h @ params.W_h
+        # One matmul over [x, h] rather than two (see rnnlab.lstm).
         xh = jnp.concatenate([x, h], axis=-1)
-        h = act(add_bias(xh @ jnp.concatenate([params.W_x, params.W_h], axis=0), params.b))
+        return add_bias(xh @ jnp.concatenate([params.W_x, params.W_h], axis=0), params.b)
+
+    def pointwise(z: Array, h: Array) -> tuple[Array, Array]:
+        h = act(z)
         return h, h
 
-    # The same step as three pieces, for rnnlab.fused's whole-sequence derivative.
-    step.gated = GatedRecurrence(input_part, recurrent_part, pointwise, lambda h: h)
-
-    return Cell(init, initial_carry, step)
+    return affine_cell(init, initial_carry, preactivation, pointwise, hidden=lambda h: h)
 
 
 def irnn(

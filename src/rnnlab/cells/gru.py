@@ -9,14 +9,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from rnnlab import initializers
-from rnnlab.cell import (
-    PreparedCell,
-    add_bias,
-    check_batch_shape,
-    check_input_size,
-    check_positive_int,
-)
-from rnnlab.fused import GatedRecurrence
+from rnnlab.cell import Cell, affine_cell
+from rnnlab.validation import add_bias, check_batch_shape, check_input_size, check_positive_int
 
 Array = jax.Array
 
@@ -76,7 +70,7 @@ def gru(
     recurrent_init: str | initializers.Initializer = "orthogonal",
     input_init: str | initializers.Initializer = "lecun_normal",
     param_dtype=jnp.float32,
-) -> PreparedCell:
+) -> Cell:
     r"""Gated recurrent unit (Cho et al. 2014), in either of its two forms.
 
     .. math::
@@ -97,10 +91,10 @@ def gru(
     ``b_h [3H]``, blocks in PyTorch's order (reset, update, new).
     Carry: ``h [*batch, H]``, zeros initially.
 
-    Returns a :class:`rnnlab.PreparedCell`: its ``prepare(params)`` re-arranges
-    the weight blocks into :class:`GRUWeights` (the r and z gates' blocks
-    together, n's apart), which :func:`rnnlab.scan` does once per call; ``step``
-    takes either form.
+    The cell's ``prepare(params)`` re-arranges the weight blocks into
+    :class:`GRUWeights` (the r and z gates' blocks together, n's apart), which
+    :func:`rnnlab.scan` does once per call; ``step`` takes either form. With
+    ``reset_after=True`` the cell has an :class:`rnnlab.AffineForm`.
 
     Args:
       hidden_size: H.
@@ -137,67 +131,55 @@ def gru(
         batch_shape = check_batch_shape(batch_shape)
         return jnp.zeros(batch_shape + params.W_h.shape[:1], params.W_h.dtype)
 
-    def input_part(params: GRUParams, x: Array) -> Array:
-        check_input_size(x, params.W_x.shape[0])
-        return add_bias(x @ params.W_x, params.b_x)  # [..., 3H]
-
-    def recurrent_part(params: GRUParams, h: Array) -> Array:
-        return add_bias(h @ params.W_h, params.b_h)  # [..., 3H]
-
-    def pointwise(gx: Array, gh: Array, h: Array) -> tuple[Array, Array]:
-        gx_r, gx_z, gx_n = jnp.split(gx, 3, axis=-1)
-        gh_r, gh_z, gh_n = jnp.split(gh, 3, axis=-1)
-        r = jax.nn.sigmoid(gx_r + gh_r)
-        z = jax.nn.sigmoid(gx_z + gh_z)
-        n = jnp.tanh(gx_n + r * gh_n)
-        h = (1.0 - z) * n + z * h
-        return h, h
-
-    def step(params: GRUParams | GRUWeights, h: Array, x: Array) -> tuple[Array, Array]:
-        # rnnlab.scan passes prepare(params), computed once per call: re-arranging
-        # the weight blocks inside the loop was measured 5-14% slower forward on
-        # a 2-core CPU (XLA left the slices of W_h in the loop body), and its
-        # transpose ran at every step of the backward pass.
-        w = prepare(params)
-        check_input_size(x, w.W_n_x.shape[0])
+    def rz_preactivation(w: GRUWeights, x: Array, h: Array) -> Array:
         if w.W_rz_x.shape[0] == 1:
-            # One input feature: one matmul over [x, h]. Measured on a 2-core
-            # CPU (benchmarks/results/speed_investigation.md section 8): with
-            # F = 1 the separate x matmul made the forward 1.3-2.9x slower; for
-            # F >= 2 the split below was 0.61-0.83x the time of the joint matmul
-            # at H = 256 and within 5% at H = 64 and 128 (with four independent
-            # matmuls per step, XLA:CPU ran them on both cores). XLA hoists this
-            # loop-invariant weight concatenation out of the scan.
+            # One input feature: one matmul over [x, h]. With more, four independent
+            # matmuls per step are faster on CPU, which runs them on both cores
+            # (docs/performance.md). XLA hoists the weight concatenation out of the scan.
             a_rz = jnp.concatenate([x, h], axis=-1) @ jnp.concatenate(
                 [w.W_rz_x, w.W_rz_h], axis=0
             )
         else:
             a_rz = x @ w.W_rz_x + h @ w.W_rz_h
         # The names mark what the backward pass keeps (SAVED, below).
-        a_rz = checkpoint_name(a_rz, _RZ)
-        r, z = jnp.split(jax.nn.sigmoid(add_bias(a_rz, w.b_rz)), 2, axis=-1)
-        gx_n = add_bias(checkpoint_name(x @ w.W_n_x, _N_X), w.b_n_x)
-        if reset_after:
-            gh_n = checkpoint_name(h @ w.W_n_h, _N_H)
-            n = jnp.tanh(gx_n + r * add_bias(gh_n, w.b_n_h))
-        else:
-            gh_n = checkpoint_name((r * h) @ w.W_n_h, _N_H)
-            n = jnp.tanh(gx_n + add_bias(gh_n, w.b_n_h))
+        return add_bias(checkpoint_name(a_rz, _RZ), w.b_rz)  # [..., 2H]
+
+    def n_x_preactivation(w: GRUWeights, x: Array) -> Array:
+        return add_bias(checkpoint_name(x @ w.W_n_x, _N_X), w.b_n_x)  # [..., H]
+
+    def update(z: Array, n: Array, h: Array) -> tuple[Array, Array]:
         h = (1.0 - z) * n + z * h
         return h, h
 
-    # rnnlab.scan keeps only the three matmul results per step for the backward
-    # pass and recomputes the gates from them (rnnlab.checkpointed_step).
-    # Without this JAX stores every gate and its derivative factors. Measured on
-    # a 2-core CPU, forward+backward: 0.68x the time at T=1000 B=16 F=1 H=64,
-    # 0.9x at T=500 B=64 F=64 H=256, 0.98x at T=100 B=32 F=32 H=128
-    # (benchmarks/results/speed_investigation.md section 9).
-    step.checkpoint_policy = jax.checkpoint_policies.save_only_these_names(*SAVED)
+    # The backward pass keeps only the three matmul results per step and
+    # recomputes the gates from them (rnnlab.checkpointed_step).
+    policy = jax.checkpoint_policies.save_only_these_names(*SAVED)
 
-    if reset_after:
-        # The same step as three pieces, for rnnlab.fused's whole-sequence
-        # derivative; reset_after=False does not split that way (the reset gate
-        # acts before the n block's matmul).
-        step.gated = GatedRecurrence(input_part, recurrent_part, pointwise, lambda h: h)
+    if not reset_after:
+        # Cho et al.'s form: the reset gate acts before the n block's matmul, so the
+        # pre-activations are not affine in h and the step stays whole.
+        def step(params: GRUParams | GRUWeights, h: Array, x: Array) -> tuple[Array, Array]:
+            w = prepare(params)
+            check_input_size(x, w.W_n_x.shape[0])
+            r, z = jnp.split(jax.nn.sigmoid(rz_preactivation(w, x, h)), 2, axis=-1)
+            gh_n = checkpoint_name((r * h) @ w.W_n_h, _N_H)
+            n = jnp.tanh(n_x_preactivation(w, x) + add_bias(gh_n, w.b_n_h))
+            return update(z, n, h)
 
-    return PreparedCell(init, initial_carry, step, prepare)
+        return Cell(init, initial_carry, step, prepare=prepare, checkpoint_policy=policy)
+
+    def preactivation(params: GRUParams | GRUWeights, x: Array, h: Array):
+        w = prepare(params)
+        check_input_size(x, w.W_n_x.shape[0])
+        n_h = add_bias(checkpoint_name(h @ w.W_n_h, _N_H), w.b_n_h)
+        return rz_preactivation(w, x, h), n_x_preactivation(w, x), n_h
+
+    def pointwise(g: tuple[Array, Array, Array], h: Array) -> tuple[Array, Array]:
+        rz, n_x, n_h = g
+        r, z = jnp.split(jax.nn.sigmoid(rz), 2, axis=-1)
+        return update(z, jnp.tanh(n_x + r * n_h), h)
+
+    return affine_cell(
+        init, initial_carry, preactivation, pointwise, hidden=lambda h: h,
+        prepare=prepare, checkpoint_policy=policy,
+    )

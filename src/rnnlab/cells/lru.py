@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from rnnlab import initializers
-from rnnlab.cell import check_batch_shape, check_input_size, check_positive_int
-from rnnlab.scan import LinearCell, linear_cell
+from rnnlab.cell import Cell, linear_cell
+from rnnlab.validation import check_batch_shape, check_input_size, check_positive_int
 
 Array = jax.Array
 
@@ -40,7 +40,7 @@ def lru(
     max_phase: float = 2 * math.pi,
     skip_init: str | initializers.Initializer = "lecun_normal",
     param_dtype=jnp.float32,
-) -> LinearCell:
+) -> Cell:
     r"""Linear recurrent unit (Orvieto et al. 2023): a complex diagonal linear RNN.
 
     .. math::
@@ -62,7 +62,7 @@ def lru(
     This is one LRU recurrence, not the paper's full block (which adds a
     normalisation, an MLP/GLU and a residual around it). The carry is linear in
     itself (:math:`a_t = \lambda`, :math:`b_t = \gamma \odot x_t B`), so the
-    cell is a :class:`rnnlab.LinearCell` and runs under
+    cell has a :class:`rnnlab.LinearForm` and runs under
     ``rnnlab.scan(..., mode="parallel")``.
 
     Params (:class:`LRUParams`), all real so that optimisers and ``jax.grad``

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from rnnlab import initializers
-from rnnlab.cell import Cell, add_bias, check_batch_shape, check_input_size, check_positive_int
-from rnnlab.fused import GatedRecurrence
+from rnnlab.cell import Cell, affine_cell
+from rnnlab.validation import add_bias, check_batch_shape, check_input_size, check_positive_int
 
 Array = jax.Array
 
@@ -107,44 +107,24 @@ def lstm(
         zeros = jnp.zeros(batch_shape + params.W_h.shape[:1], params.W_h.dtype)
         return LSTMCarry(c=zeros, h=zeros)
 
-    # The step in the three pieces of rnnlab.fused.GatedRecurrence, for its
-    # whole-sequence derivative (rnnlab.fused.ENABLED: on GPUs by default).
-    def input_part(params: LSTMParams, x: Array) -> Array:
+    def preactivation(params: LSTMParams, x: Array, h: Array) -> Array:
         check_input_size(x, params.W_x.shape[0])
-        return add_bias(x @ params.W_x, params.b)  # [..., 4H]
+        # One matmul over [x, h] rather than two: faster on CPU at our sizes
+        # (docs/performance.md). XLA hoists the weight concatenation out of the scan.
+        xh = jnp.concatenate([x, h], axis=-1)
+        z = xh @ jnp.concatenate([params.W_x, params.W_h], axis=0)
+        # The one value the backward pass keeps per step (SAVED, checkpoint_policy below).
+        return add_bias(checkpoint_name(z, SAVED[0]), params.b)  # [..., 4H]
 
-    def recurrent_part(params: LSTMParams, h: Array) -> Array:
-        return h @ params.W_h  # [..., 4H]
-
-    def gates(z: Array, carry: LSTMCarry) -> tuple[LSTMCarry, Array]:
+    def pointwise(z: Array, carry: LSTMCarry) -> tuple[LSTMCarry, Array]:
         i, f, g, o = jnp.split(z, 4, axis=-1)
         c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return LSTMCarry(c=c, h=h), h
 
-    def pointwise(gx: Array, gh: Array, carry: LSTMCarry) -> tuple[LSTMCarry, Array]:
-        return gates(gx + gh, carry)
-
-    def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
-        check_input_size(x, params.W_x.shape[0])
-        # One matmul [x, h] [W_x; W_h] rather than two: measured 0.4-1.0x the
-        # time of the two-matmul step in a scan on a 2-core CPU (forward;
-        # 0.87-1.0x forward+backward) at benchmarks/run.py's sizes.
-        # Inside lax.scan, XLA hoists the weight concatenation out of the loop.
-        xh = jnp.concatenate([x, carry.h], axis=-1)
-        z = xh @ jnp.concatenate([params.W_x, params.W_h], axis=0)
-        # The one value the backward pass keeps per step (SAVED, checkpoint_policy below).
-        z = checkpoint_name(z, SAVED[0])
-        return gates(add_bias(z, params.b), carry)
-
-    # The same step as three pieces, for rnnlab.fused's whole-sequence derivative.
-    step.gated = GatedRecurrence(input_part, recurrent_part, pointwise, lambda c: c.h)
-    # rnnlab.scan keeps only the matmul result z per step for the backward pass
-    # and recomputes the gates from it (rnnlab.checkpointed_step). Without
-    # this JAX stores 13 per-step arrays (each gate's value and the factors of
-    # its derivative). Measured on a 2-core CPU, forward+backward: 0.68x the
-    # time at T=1000 B=16 F=1 H=64, 0.95-0.97x at T=500 B=64 F=64 H=256,
-    # 0.98x at T=100 B=32 F=32 H=128 (speed_investigation.md section 9).
-    step.checkpoint_policy = jax.checkpoint_policies.save_only_these_names(*SAVED)
-
-    return Cell(init, initial_carry, step)
+    # The backward pass keeps only z per step and recomputes the gates from it;
+    # plain autodiff would store every gate's value and derivative factors.
+    return affine_cell(
+        init, initial_carry, preactivation, pointwise, hidden=lambda carry: carry.h,
+        checkpoint_policy=jax.checkpoint_policies.save_only_these_names(*SAVED),
+    )

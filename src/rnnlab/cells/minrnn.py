@@ -9,8 +9,13 @@ import jax
 import jax.numpy as jnp
 
 from rnnlab import initializers
-from rnnlab.cell import check_batch_shape, check_choice, check_input_size, check_positive_int
-from rnnlab.scan import LinearCell, linear_cell
+from rnnlab.cell import Cell, linear_cell
+from rnnlab.validation import (
+    check_batch_shape,
+    check_choice,
+    check_input_size,
+    check_positive_int,
+)
 
 Array = jax.Array
 
@@ -79,7 +84,7 @@ def mingru(
     input_init: str | initializers.Initializer = "lecun_normal",
     bias_init: str | initializers.Initializer = "zeros",
     param_dtype=jnp.float32,
-) -> LinearCell:
+) -> Cell:
     r"""minGRU: a GRU whose update gate and candidate read only the input (Feng et al. 2024).
 
     .. math::
@@ -89,7 +94,7 @@ def mingru(
     The carry enters linearly, :math:`h_t = a_t \odot h_{t-1} + b_t` with
     :math:`a_t = 1 - z_t = \sigma(-x_t W_z - b_z)` (computed as such, so it
     does not round to 0 when :math:`z_t \to 1`) and :math:`b_t = z_t \odot
-    \tilde h_t`, so the cell is a :class:`rnnlab.LinearCell` and runs under
+    \tilde h_t`, so the cell has a :class:`rnnlab.LinearForm` and runs under
     ``rnnlab.scan(..., mode="parallel")``. The carry Jacobian
     :math:`\partial h_t / \partial h_{t-1} = \mathrm{diag}(a_t)` is diagonal with
     entries in (0, 1).
@@ -131,17 +136,13 @@ def mingru(
         k_z, k_h = jnp.split(_affine(xs, params.W_x, params.b), 2, axis=-1)
         return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * act(k_h)
 
-    cell = linear_cell(init, _zeros_carry(2), coefficients, _identity_readout)
-    # The sequential path's backward pass keeps only the step's inputs and
-    # recomputes the rest, the input matmul included (rnnlab.checkpointed_step;
-    # that matmul does not depend on the carry, so its recomputation is off the
-    # critical path). Measured on a 2-core CPU, forward+backward: 0.71x the time
-    # at T=1000 B=16 F=1 H=64, 0.91-0.93x at T=100 B=32 F=32 H=128, 0.80x at
-    # T=500 B=64 F=64 H=256; keeping the matmul result (dots_saveable) was
-    # 0.82-0.89x. minLSTM has no policy: both were up to 2x slower for it
-    # (benchmarks/results/speed_investigation.md section 9).
-    cell.step.checkpoint_policy = jax.checkpoint_policies.nothing_saveable
-    return cell
+    # The backward pass keeps only each step's inputs and recomputes the rest, the
+    # input matmul included: it does not depend on the carry, so its recomputation
+    # is off the critical path (docs/performance.md; minLSTM was slower with it).
+    return linear_cell(
+        init, _zeros_carry(2), coefficients, _identity_readout,
+        checkpoint_policy=jax.checkpoint_policies.nothing_saveable,
+    )
 
 
 def minlstm(
@@ -151,7 +152,7 @@ def minlstm(
     input_init: str | initializers.Initializer = "lecun_normal",
     bias_init: str | initializers.Initializer = "zeros",
     param_dtype=jnp.float32,
-) -> LinearCell:
+) -> Cell:
     r"""minLSTM: an LSTM with input-only normalised gates and one state (Feng et al. 2024).
 
     .. math::
@@ -167,7 +168,7 @@ def minlstm(
     :math:`d_t = \log f_t - \log i_t = \mathrm{softplus}(-x_t W_i - b_i) -
     \mathrm{softplus}(-x_t W_f - b_f)`.
     Linear in the carry (:math:`a_t = f'_t`, :math:`b_t = i'_t \odot \tilde h_t`),
-    so a :class:`rnnlab.LinearCell`.
+    so the cell has a :class:`rnnlab.LinearForm`.
 
     Params (:class:`MinLSTMParams`): ``W_x [F, 3H]``, ``b [3H]``, blocks (f, i, h~).
     Carry: ``h [*batch, H]``, zeros initially (see :func:`mingru` on why not

@@ -7,14 +7,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from rnnlab.cell import (
-    Cell,
-    PreparedCell,
-    check_batch_shape,
-    check_cell,
-    checkpointed_step,
-    prepare_params,
-)
+from rnnlab.cell import Cell, checkpointed_step, prepare_params
+from rnnlab.validation import check_batch_shape, check_cell
 
 
 def stack(cells: Sequence[Cell]) -> Cell:
@@ -68,12 +62,10 @@ def stack(cells: Sequence[Cell]) -> Cell:
             new_carry.append(h)
         return tuple(new_carry), y
 
-    if not any(callable(getattr(c, "prepare", None)) for c in cells):
-        return Cell(init, initial_carry, step)
-
     def prepare(params):
-        # Passes each layer's loop-invariant work (rnnlab.scan's `prepare` hook)
-        # through, so a stack of e.g. orthogonal cells also does it once per call.
+        # Each layer's loop-invariant work (Cell.prepare), so that a stack of e.g.
+        # orthogonal cells also does it once per call.
         return tuple(prepare_params(c, p) for c, p in zip(cells, params, strict=True))
 
-    return PreparedCell(init, initial_carry, step, prepare)
+    has_prepare = any(getattr(c, "prepare", None) is not None for c in cells)
+    return Cell(init, initial_carry, step, prepare=prepare if has_prepare else None)

@@ -1,0 +1,14 @@
+"""How :func:`rnnlab.scan` evaluates a recurrence: one module per path.
+
+Every path takes the same normalised problem from :func:`rnnlab.scan`: params
+already prepared, inputs ``xs [T, *batch, F]`` time-major and in reading order
+(a reversed scan arrives flipped), an initial carry, and ``valid [T, *batch]``
+(None when every step is valid). At an invalid step the carry passes through
+unchanged and the outputs are zero (:mod:`rnnlab.modes.masking`). Each returns
+``(final_carry, ys)`` with ``ys [T, *batch, ...]`` in the same order.
+
+- :mod:`~rnnlab.modes.sequential`: one ``jax.lax.scan`` over ``cell.step``, for any cell.
+- :mod:`~rnnlab.modes.parallel`: ``jax.lax.associative_scan`` over a :class:`rnnlab.LinearForm`.
+- :mod:`~rnnlab.modes.fused`: a ``lax.scan`` over an :class:`rnnlab.AffineForm` with a
+  whole-sequence derivative.
+"""
