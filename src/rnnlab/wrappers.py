@@ -56,6 +56,7 @@ def _run(module: Any, params: Params, xs, carry, lengths, reverse, return_carry)
         time_axis=module.time_axis,
         unroll=module.unroll,
         mode=module.mode,
+        derivative=module.derivative,
     )
     return_carry = module.return_carry if return_carry is None else return_carry
     return (final_carry, ys) if return_carry else ys
@@ -76,6 +77,7 @@ class LinenRNN(nn.Module):
       return_carry: return ``(final_carry, ys)`` rather than ``ys``.
       unroll: passed to ``jax.lax.scan``.
       mode: ``"sequential"``, ``"parallel"`` or ``"auto"``, as in :func:`rnnlab.scan`.
+      derivative: ``"auto"``, ``"autodiff"`` or ``"fused"``, as in :func:`rnnlab.scan`.
     """
 
     cell: Any
@@ -84,6 +86,7 @@ class LinenRNN(nn.Module):
     return_carry: bool = False
     unroll: int | bool = 1
     mode: str = "sequential"
+    derivative: str = "auto"
 
     @nn.compact
     def __call__(
@@ -175,8 +178,8 @@ class NNXRNN(nnx.Module):
       cell: any object with ``init``, ``initial_carry`` and ``step``.
       input_size: F, the inputs' feature size.
       rngs: ``nnx.Rngs``; one key is drawn from its ``params`` stream.
-      time_axis, reverse, return_carry, unroll, mode: defaults for ``__call__``,
-        as in :class:`LinenRNN`.
+      time_axis, reverse, return_carry, unroll, mode, derivative: defaults for
+        ``__call__``, as in :class:`LinenRNN`.
       params: use these params (e.g. from :mod:`rnnlab.convert`) instead of
         calling ``cell.init``; ``rngs`` may then be None.
     """
@@ -193,6 +196,7 @@ class NNXRNN(nnx.Module):
         unroll: int | bool = 1,
         mode: str = "sequential",
         params: Params | None = None,
+        derivative: str = "auto",
     ):
         check_cell(cell)
         if params is None:
@@ -206,6 +210,7 @@ class NNXRNN(nnx.Module):
         self.return_carry = nnx.static(return_carry)
         self.unroll = nnx.static(unroll)
         self.mode = nnx.static(mode)
+        self.derivative = nnx.static(derivative)
         self.params = nnx.data(jax.tree.map(nnx.Param, params))
 
     def param_values(self) -> Params:
