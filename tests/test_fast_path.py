@@ -1,4 +1,4 @@
-"""rnnlab.scan's fused derivative (derivative="fused") and checkpointed BPTT (remat) vs the reference.
+"""rnnlab.scan's fused derivative and checkpointed BPTT (remat) against the reference.
 
 Oracles: the same cell differentiated by plain autodiff (``derivative="autodiff"``),
 and the scan without remat. Values and gradients, float32 and float64, with every

@@ -1,9 +1,5 @@
 """Training: it learns, vmapped seeds equal separate runs, resuming is exact, bad input fails."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,9 +7,6 @@ import pytest
 
 import rnnlab
 from rnnlab import tasks, train
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "long_range.py"
 
 ADDING = tasks.get("adding")
 SMALL = train.TrainConfig(seq_len=5, batch_size=8, eval_batch_size=32, learning_rate=1e-2)
@@ -102,69 +95,3 @@ def test_bad_configs():
         train.train(rnnlab.lstm(4), ADDING, SMALL, (0,), -1)
     with pytest.raises(ValueError, match="distinct"):
         train.train(rnnlab.lstm(4), ADDING, SMALL, (0, 0), 1)
-
-
-# ----------------------------------------------------------------------------- the experiment
-
-
-def test_experiment_config_errors(load_script):
-    lr = load_script("experiments/long_range.py")
-    with pytest.raises(ValueError, match="task must be one of"):
-        lr.LongRangeConfig(task="nope")
-    with pytest.raises(ValueError, match="cell must be one of"):
-        lr.LongRangeConfig(cells=("lstm", "no-such-cell"))
-    with pytest.raises(ValueError, match="lengths must be >= 2"):
-        lr.LongRangeConfig(lengths=(1,))
-    with pytest.raises(ValueError, match="steps must be >= 0"):
-        lr.LongRangeConfig(steps=-5)
-    with pytest.raises(SystemExit):  # a usage error from the command line
-        lr.main(["--steps", "-5", "--out", "unused"])
-
-
-TINY = ["--cells", "elman-tanh", "--lengths", "4", "--seeds", "2", "--hidden-size", "4",
-        "--steps", "30", "--chunk-size", "10", "--batch-size", "4", "--eval-batch-size", "16",
-        "--compare-clip-cell", "none"]
-
-
-def _numbers(run_dir):
-    summary = json.loads((run_dir / "summary.json").read_text())
-    keep = ("key", "metric", "eval_loss", "success", "diverged")
-    history = (run_dir / "runs" / summary[0]["key"] / "history.csv").read_text()
-    return [{k: r[k] for k in keep} for r in summary], history
-
-
-@pytest.mark.slow
-def test_experiment_interrupted_then_resumed_equals_uninterrupted(tmp_path, load_script):
-    lr = load_script("experiments/long_range.py")
-    lr.main([*TINY, "--out", str(tmp_path / "full")])
-
-    def kill_at_20(step, state, history):
-        if step == 20:
-            raise train.TrainInterrupted
-
-    with pytest.raises(train.TrainInterrupted):
-        lr.main([*TINY, "--out", str(tmp_path / "cut")], callback=kill_at_20)
-    cut = tmp_path / "cut"
-    assert not (cut / "COMPLETE").exists()
-    assert any((cut / "runs").glob("*/checkpoint/*"))  # the mid-run checkpoint is there
-    lr.main([*TINY, "--out", str(cut)])
-    assert (cut / "COMPLETE").exists()
-    assert _numbers(cut) == _numbers(tmp_path / "full")
-    # A third call finds everything finished and trains nothing.
-    calls = []
-    lr.main([*TINY, "--out", str(cut)], callback=lambda *a: calls.append(a))
-    assert calls == []
-
-
-@pytest.mark.slow
-def test_quick_run_writes_its_files(tmp_path):
-    out = tmp_path / "quick"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("COMPLETE", "config.json", "environment.json", "summary.csv", "summary.json",
-                 "metric_vs_T.png", "metric_vs_T.pdf", "training_curves.png",
-                 "grad_norm_clipping.png", "grad_norm_clipping.pdf"):
-        assert (out / name).exists(), name
-    assert not any(out.glob("runs/*/checkpoint"))  # cleared once results were written
-    assert len(list(out.glob("runs/*/result.json"))) == len(list(out.glob("runs/*/history.csv")))

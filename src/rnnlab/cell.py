@@ -67,10 +67,11 @@ class LinearForm(NamedTuple):
 
 
 class AffineForm(NamedTuple):
-    r"""The step as pre-activations affine in the input and the hidden state, then a pointwise update.
+    r"""The step as pre-activations affine in the input and the hidden state, then a pointwise map.
 
     .. math::
-        g_t = \mathrm{preactivation}(\theta, x_t, h_{t-1}) = x_t A(\theta) + h_{t-1} R(\theta) + b(\theta),
+        g_t = \mathrm{preactivation}(\theta, x_t, h_{t-1})
+            = x_t A(\theta) + h_{t-1} R(\theta) + b(\theta),
         \qquad (c_t, y_t) = \mathrm{pointwise}(g_t, c_{t-1}), \qquad h_t = \mathrm{hidden}(c_t)
 
     The LSTM, the GRU (``reset_after=True``) and the Elman RNN have this form.
@@ -202,7 +203,8 @@ def PreparedCell(
     step: Callable[[Params, Carry, Array], tuple[Carry, Any]],
     prepare: Callable[[Params], Params],
 ) -> Cell:
-    """``Cell(init, initial_carry, step, prepare=prepare)``; the former name of a cell with ``prepare``."""
+    """``Cell(init, initial_carry, step, prepare=prepare)``: the former name of a cell
+    with ``prepare``."""
     return Cell(init, initial_carry, step, prepare=prepare)
 
 

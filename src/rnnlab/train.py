@@ -54,8 +54,8 @@ import optax
 from rnnlab import distributed, initializers
 from rnnlab.cell import Array, Params
 from rnnlab.sequence import scan
-from rnnlab.validation import add_bias, check_cell
 from rnnlab.tasks import Batch, Task
+from rnnlab.validation import add_bias, check_cell
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": optax.adam,
