@@ -45,7 +45,7 @@ def run(
     *,
     unroll: int | bool = 1,
 ) -> tuple[Carry, Any]:
-    """The scan over the form's step with the whole-sequence derivative (see :mod:`rnnlab.modes`)."""
+    """The form's step scanned with the whole-sequence derivative (see :mod:`rnnlab.modes`)."""
     masked = valid is not None
     if not masked:
         valid = jnp.ones(xs.shape[:-1], bool)
