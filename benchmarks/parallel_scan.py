@@ -9,13 +9,16 @@ the same process on the same device, so their ratio is the comparison.
     python benchmarks/parallel_scan.py --quick    # smoke test, seconds
     python benchmarks/parallel_scan.py --out /tmp/bench   # elsewhere than benchmarks/results
 
-Writes ``parallel_scan.md`` and ``parallel_scan.json`` (config, environment,
-every timing) into ``benchmarks/results/`` (or ``--out``).
+Writes ``parallel_scan-<device>.md`` and ``.json`` (``parallel_scan-cpu``,
+``parallel_scan-gpu-h100``, ...; ``-quick`` for ``--quick``; config, environment,
+every timing) into ``benchmarks/results/``, which holds the latest published run per
+device, or into ``--out``. The crossover it measured is in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 import sys
 import time
@@ -36,12 +39,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 @dataclasses.dataclass(frozen=True)
 class ParallelScanBenchmark:
     """python benchmarks/parallel_scan.py [--quick] — expect the parallel scan's lead to grow
-    with T on a GPU (depth O(log T) against T). On a CPU the sequential loop's per-step
-    overhead can dominate at tiny widths (the quick preset, H = 8, measured 0.8-6x in favour
-    of the parallel scan), but at the defaults (B = 16, F = H = 64; 2-core AMD EPYC, quiet,
-    benchmarks/results/parallel_scan.md) the crossover is at T ~ 256: there the two are even
-    (0.91-1.38x), and from T = 1024 to 16384 the sequential scan is faster (parallel 0.5-0.9x),
-    since the parallel form does about twice the work and two cores give it no width."""
+    with T on a GPU (depth O(log T) against T). On a CPU with few cores the parallel form's
+    extra work (about twice the sequential one's) wins only at short T, if at all."""
 
     cells: tuple[str, ...] = dataclasses.field(
         default=("lru", "mingru", "minlstm"),
@@ -159,6 +158,15 @@ def markdown(config: ParallelScanBenchmark, env: dict[str, Any], rows) -> str:
     return "\n".join(lines)
 
 
+def device_slug(backend: str, device_kind: str) -> str:
+    """The device in a file name, as benchmarks/run.py names it: ``cpu``, ``gpu-h100``, ..."""
+    if backend == "cpu":
+        return "cpu"
+    words = [w for w in re.split(r"[^a-z0-9]+", device_kind.lower()) if w]
+    model = next((w for w in words if any(c.isdigit() for c in w)), "-".join(words))
+    return f"{backend}-{model}" if model else backend
+
+
 def main(argv=None) -> None:
     config, ns = experiment.parse_config(
         ParallelScanBenchmark, argv, prog="python benchmarks/parallel_scan.py"
@@ -171,11 +179,13 @@ def main(argv=None) -> None:
     )
     rows = run(config)
     out = Path(ns.out) if ns.out else DEFAULT_OUT
+    stem = "-".join(["parallel_scan", device_slug(env["backend"], env["device_kind"])]
+                    + ([ns.preset] if ns.preset else []))
     experiment.atomic_write_json(
-        out / "parallel_scan.json", {"config": config, "environment": env, "results": rows}
+        out / f"{stem}.json", {"config": config, "environment": env, "results": rows}
     )
-    experiment.atomic_write_text(out / "parallel_scan.md", markdown(config, env, rows))
-    print(f"wrote {out / 'parallel_scan.md'} and {out / 'parallel_scan.json'}")
+    experiment.atomic_write_text(out / f"{stem}.md", markdown(config, env, rows))
+    print(f"wrote {out / (stem + '.md')} and {out / (stem + '.json')}")
 
 
 if __name__ == "__main__":

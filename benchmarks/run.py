@@ -8,17 +8,16 @@ that call each implementation once, in rotating order, so that a busy moment on
 a shared machine lands on all of them. Reported: the median, the minimum (and
 the ratios of both to rnnlab), and the minor page faults per call.
 
-Implementations (``--frameworks``): ``rnnlab`` (``rnnlab.scan`` as it comes),
-``rnnlab-fused`` and ``rnnlab-plain`` (the ``rnnlab.fused`` whole-sequence
-derivative forced on or off; by default it is on for GPUs only), ``rnnlab-remat``
-(``remat=True``; not in the default set), ``flax`` (``flax.linen.RNN`` with the
-matching flax cell), ``torch`` (``nn.LSTM``/``nn.GRU``/``nn.RNN``; on CPU the LSTM
-runs oneDNN's fused LSTM primitive, on CUDA all three run cuDNN), ``torch-native``
-(the same with that vendor library off: ATen's own loop) and
-``matmul-floor`` (the same ``lax.scan`` with each step cut down to one
-``[x, h] @ W`` matmul: the floor for a step that makes one matmul. A step with
-several smaller independent matmuls can beat it where XLA runs them at once: the
-GRU's does at the large size on a 2-core CPU). Alongside:
+Implementations (``--frameworks``): ``rnnlab`` (``rnnlab.scan`` as it comes,
+``derivative="auto"``), ``rnnlab-fused`` and ``rnnlab-autodiff`` (``derivative=``
+forced; one of the two is what ``"auto"`` picks on this device, so its ratio to
+``rnnlab`` shows the run's noise), ``rnnlab-remat`` (``remat=True``; not in the
+default set), ``flax`` (``flax.linen.RNN`` with the matching flax cell), ``torch``
+(``nn.LSTM``/``nn.GRU``/``nn.RNN``; on CPU the LSTM runs oneDNN's fused LSTM
+primitive, on CUDA all three run cuDNN), ``torch-native`` (the same with that
+vendor library off: ATen's own loop) and ``matmul-floor`` (the same ``lax.scan``
+with each step cut down to one ``[x, h] @ W`` matmul: the floor for a step that
+makes one matmul). Alongside:
 
 - **GEMM fraction**: a large float32 matmul is timed in the same run; each
   implementation's achieved FLOP rate (the cell's matmul FLOPs: ``2 (F + H) G H``
@@ -33,10 +32,13 @@ GRU's does at the large size on a 2-core CPU). Alongside:
 
     python benchmarks/run.py              # everything, minutes
     python benchmarks/run.py --quick      # tiny sizes, seconds (what the test runs)
-    python benchmarks/run.py --frameworks rnnlab,flax --cells lstm
+    python benchmarks/run.py --frameworks rnnlab,flax --cells lstm --out /tmp/bench
 
-Writes ``suite.json`` and ``suite.md`` into ``benchmarks/results/`` (or ``--out``).
-PyTorch is used only if importable (``pip install -e .[bench]``).
+Writes ``suite-<device>.json`` and ``suite-<device>.md`` (``suite-cpu``,
+``suite-gpu-h100``, ...; ``-tf32`` appended for ``--precision tf32``, ``-quick`` for
+``--quick``) into ``benchmarks/results/``, which holds the latest published run per
+device, or into ``--out`` (use it for subsets). PyTorch is used only if importable
+(``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -87,23 +90,22 @@ REGISTRY_NAMES = {"lstm": "lstm", "gru": "gru", "elman": "elman-tanh"}  # as tor
 class SuiteBenchmark:
     """python benchmarks/run.py [--quick] — rnnlab vs flax.linen.RNN vs PyTorch on this device.
 
-    Expect compile time flat in T, remat memory O(sqrt T) against O(T), and the
-    ratios to PyTorch printed per cell and size (the targets: forward+backward
-    <= 0.8x PyTorch, forward <= 1.0x, never slower than flax). Where rnnlab misses
-    one, compare with the matmul-floor column: on a 2-core CPU the matmuls alone
-    already took longer than PyTorch's oneDNN LSTM for the medium and large forward
-    and the medium forward+backward (benchmarks/results/speed_investigation.md)."""
+    Expect compile time flat in T, remat memory O(sqrt T) against O(T), and rnnlab
+    at about flax.linen.RNN's time or faster. Against PyTorch it depends on the device and the
+    cell; where rnnlab is behind, the matmul-floor column says whether any step built
+    on one matmul per step could catch up (docs/performance.md)."""
 
     cells: tuple[str, ...] = dataclasses.field(
         default=("lstm", "gru", "elman"), metadata={"help": "lstm, gru, elman"})
     sizes: tuple[str, ...] = dataclasses.field(
         default=("small", "medium", "large"), metadata={"help": f"of {tuple(SIZES)}"})
     frameworks: tuple[str, ...] = dataclasses.field(
-        default=("rnnlab", "rnnlab-fused", "flax", "torch", "torch-native", "matmul-floor"),
-        metadata={"help": "rnnlab, rnnlab-fused (rnnlab.fused on), rnnlab-plain (off), "
-                  "rnnlab-remat (remat=True), flax, torch, "
-                  "torch-native (oneDNN off), matmul-floor (the scan with only its matmul); "
-                  "torch ones skipped if torch is not importable"})
+        default=("rnnlab", "rnnlab-fused", "rnnlab-autodiff", "flax", "torch", "torch-native",
+                 "matmul-floor"),
+        metadata={"help": "rnnlab (derivative='auto'), rnnlab-fused, rnnlab-autodiff "
+                  "(derivative= forced), rnnlab-remat (remat=True), flax, torch, "
+                  "torch-native (oneDNN/cuDNN off), matmul-floor (the scan with only its "
+                  "matmul); torch ones skipped if torch is not importable"})
     repeats: int = dataclasses.field(
         default=9, metadata={"help": "interleaved timed rounds; median (and min) reported"})
     warmup: int = dataclasses.field(default=2, metadata={"help": "untimed calls after compiling"})
@@ -230,19 +232,16 @@ def _jax_passes(forward: Callable, params, xs) -> dict[str, Callable]:
 # Each returns {pass: {"call": blocking zero-argument callable, "compile_s": seconds}}.
 
 
-def prepare_rnnlab(cell_name, T, B, F, H, key, *, fused_path=None, remat=False):
-    """rnnlab.scan; ``fused_path`` sets rnnlab.fused.ENABLED while compiling (None: the
-    library's default, the plain derivative on CPU and the fused one on GPU)."""
+def prepare_rnnlab(cell_name, T, B, F, H, key, *, derivative="auto", remat=False):
+    """``rnnlab.scan(cell, params, xs, derivative=..., remat=...)``."""
     cell = rnnlab.registry.get(REGISTRY_NAMES[cell_name], H)
     params = cell.init(key, F)
     xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, F))
-    fns = _jax_passes(lambda p, x: rnnlab.scan(cell, p, x, remat=remat)[1], params, xs)
-    previous = rnnlab.fused.ENABLED
-    rnnlab.fused.ENABLED = fused_path  # read while tracing, i.e. inside the compile
-    try:
-        return {k: _jax_prepared(f, (params, xs)) for k, f in fns.items()}
-    finally:
-        rnnlab.fused.ENABLED = previous
+
+    def forward(p, x):
+        return rnnlab.scan(cell, p, x, derivative=derivative, remat=remat)[1]
+
+    return {k: _jax_prepared(f, (params, xs)) for k, f in _jax_passes(forward, params, xs).items()}
 
 
 _FLAX_CELLS = {
@@ -269,8 +268,7 @@ def prepare_matmul_floor(cell_name, T, B, F, H, key):
     the FLOPs that every implementation here counts, none of the gate
     arithmetic (forward; forward+backward is its gradient). A step built on one
     such matmul cannot be faster. A step that splits it into smaller independent
-    matmuls can be, where XLA runs them concurrently: the GRU's step (four
-    matmuls) took 0.80-0.82x this time at the large size on a 2-core CPU.
+    matmuls can be, where XLA runs them concurrently (the GRU's, on a CPU).
     """
     G = GATES[cell_name]
     W = jax.random.normal(key, (F + H, G * H)) / (F + H) ** 0.5
@@ -324,13 +322,12 @@ def prepare_torch(cell_name, T, B, F, H, key, *, vendor=True, device="cpu"):
 
 FRAMEWORKS = {
     "rnnlab": prepare_rnnlab,
-    # rnnlab.scan with rnnlab.fused's hand-written whole-sequence derivative (the default
-    # on GPU only) ...
-    "rnnlab-fused": functools.partial(prepare_rnnlab, fused_path=True),
-    # ... and with the plain derivative of the lax.scan (what "rnnlab" is on CPU).
-    "rnnlab-plain": functools.partial(prepare_rnnlab, fused_path=False),
-    # rnnlab.scan(remat=True): the backward pass recomputes each chunk of sqrt(T) steps
-    # instead of reading every step's stored intermediates back from memory.
+    # The whole-sequence derivative of the cell's AffineForm (rnnlab.modes.fused) ...
+    "rnnlab-fused": functools.partial(prepare_rnnlab, derivative="fused"),
+    # ... and JAX's derivative of the lax.scan; "auto" picks one of the two by backend.
+    "rnnlab-autodiff": functools.partial(prepare_rnnlab, derivative="autodiff"),
+    # The backward pass recomputes each chunk of sqrt(T) steps instead of reading every
+    # step's stored intermediates back from memory.
     "rnnlab-remat": functools.partial(prepare_rnnlab, remat=True),
     "flax": prepare_flax,
     # torch.nn.LSTM on CPU runs oneDNN's fused LSTM primitive (aten::mkldnn_rnn_layer);
@@ -342,7 +339,7 @@ FRAMEWORKS = {
 }
 TORCH_FRAMEWORKS = ("torch", "torch-native")
 # The columns rnnlab is compared against, in table order.
-COMPARED = ("rnnlab-fused", "rnnlab-plain", "rnnlab-remat", "flax", "torch", "torch-native",
+COMPARED = ("rnnlab-fused", "rnnlab-autodiff", "rnnlab-remat", "flax", "torch", "torch-native",
             "matmul-floor")
 
 
@@ -472,43 +469,41 @@ def diagnostics_cost(warmup, repeats, size="medium") -> dict[str, Any]:
     return out
 
 
-LONG_RUN_CODE = """
-import json, resource, sys, time
-from pathlib import Path
-try:  # forget the peak RSS inherited from the (large) parent at fork: Linux's clear_refs
-    Path("/proc/self/clear_refs").write_text("5")
-except OSError:
-    pass
-import jax, jax.numpy as jnp, rnnlab
-sys.path.insert(0, {here!r})
-from run import _final_state_loss
-T, B, F, H = {T}, {B}, {F}, {H}
-cell = rnnlab.lstm(H)
-params = cell.init(jax.random.key(0), F)
-xs = jax.random.normal(jax.random.key(1), (T, B, F))
-fn = jax.jit(_final_state_loss(cell, True))
-compiled = fn.lower(params, xs).compile()
-start = time.perf_counter()
-jax.block_until_ready(compiled(params, xs))
-elapsed = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-try:
-    status = Path("/proc/self/status").read_text().splitlines()
-    peak = int(next(l for l in status if l.startswith("VmHWM")).split()[1]) * 1024
-except (OSError, StopIteration):
-    pass
-out = {{"T": T, "B": B, "F": F, "H": H, "remat": "sqrt", "device": jax.devices()[0].device_kind,
-    "seconds": elapsed, "peak_rss_bytes": peak}}
-stats = jax.devices()[0].memory_stats() or {{}}  # accelerators: the allocator's own peak
-if "peak_bytes_in_use" in stats:
-    out["device_peak_bytes"] = stats["peak_bytes_in_use"]
-print(json.dumps(out))
-"""
+def long_run_child(T: int, B: int, F: int, H: int) -> None:
+    """The long run's body, in its own process: prints one JSON line of time and peak memory."""
+    try:  # start the resident peak from here: Linux's clear_refs resets VmHWM
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    cell = rnnlab.lstm(H)
+    params = cell.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (T, B, F))
+    compiled = jax.jit(_final_state_loss(cell, True)).lower(params, xs).compile()
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(params, xs))
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:  # VmHWM, unlike ru_maxrss, does not carry the parent's peak over exec
+        status = Path("/proc/self/status").read_text().splitlines()
+        peak = int(next(line for line in status if line.startswith("VmHWM")).split()[1]) * 1024
+    except (OSError, StopIteration):
+        pass
+    out = {"T": T, "B": B, "F": F, "H": H, "remat": "sqrt",
+           "device": jax.devices()[0].device_kind, "seconds": elapsed, "peak_rss_bytes": peak}
+    stats = jax.devices()[0].memory_stats() or {}  # accelerators: the allocator's own peak
+    if "peak_bytes_in_use" in stats:
+        out["device_peak_bytes"] = stats["peak_bytes_in_use"]
+    print(json.dumps(out))
+
+
+# A fresh interpreter runs this file (not as __main__, so no suite) and calls long_run_child.
+_CHILD = "import runpy, sys; runpy.run_path(sys.argv[1])['long_run_child'](*map(int, sys.argv[2:]))"
 
 
 def long_run(T=100_000, B=32, F=1, H=256) -> dict[str, Any]:
-    code = LONG_RUN_CODE.format(here=str(Path(__file__).resolve().parent), T=T, B=B, F=F, H=H)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    """One forward+backward of an LSTM at ``T`` with remat, in a fresh process (its peak memory)."""
+    command = [sys.executable, "-c", _CHILD, str(Path(__file__).resolve()), *map(str, (T, B, F, H))]
+    proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode:
         return {"error": proc.stderr[-2000:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -520,6 +515,16 @@ def long_run(T=100_000, B=32, F=1, H=256) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- machine
+
+
+def device_slug(backend: str, device_kind: str) -> str:
+    """The device in a file name: ``cpu``, else the backend and the first word of the device
+    kind that holds a digit (``gpu-h100`` for "NVIDIA H100 80GB HBM3", ``tpu-v4``)."""
+    if backend == "cpu":
+        return "cpu"
+    words = [w for w in re.split(r"[^a-z0-9]+", device_kind.lower()) if w]
+    model = next((w for w in words if any(c.isdigit() for c in w)), "-".join(words))
+    return f"{backend}-{model}" if model else backend
 
 
 def machine_info() -> dict[str, Any]:
@@ -592,7 +597,7 @@ def _run(config: SuiteBenchmark, tf32: bool) -> dict[str, Any]:
                 rows.append(row)
                 print(_line(row, frameworks), flush=True)
             del prepared
-    # The machine is shared: GEMM is timed before and after the table and the
+    # The machine may be shared: GEMM is timed before and after the table and the
     # faster of the two is the reference, so a busy moment cannot inflate the fractions.
     gemm_end = gemm_throughput(config.gemm_size, config.warmup, config.repeats, torch_device)
     gemm = {"n": config.gemm_size, "start": gemm_start, "end": gemm_end,
@@ -637,9 +642,10 @@ def markdown(config: SuiteBenchmark, env: dict[str, Any], machine, out) -> str:
         f"Machine: {machine.get('cpu_model', '?')}, {machine['cores']} cores "
         f"({out['threads']} threads used by every framework), load average at start "
         f"{', '.join(f'{x:.2f}' for x in machine.get('load_average', ()))}, at end "
-        f"{', '.join(f'{x:.2f}' for x in machine.get('load_average_end', ()))} (a shared "
-        "machine: other jobs ran during the measurement, so single entries can be outliers; "
-        "PyTorch's OpenMP threads suffer most when cores are oversubscribed); "
+        f"{', '.join(f'{x:.2f}' for x in machine.get('load_average_end', ()))} (a load "
+        "beyond the suite's own threads means other jobs ran alongside, so single entries "
+        "can be outliers; PyTorch's OpenMP threads suffer most when cores are "
+        "oversubscribed); "
         f"{env['device_kind']} ({env['backend']}); jax {env['jax']}, flax {env.get('flax', '?')}, "
         f"torch {env.get('torch', 'absent')} on {out.get('torch_device') or '-'}; "
         f"{env['time_utc']}.",
@@ -652,9 +658,11 @@ def markdown(config: SuiteBenchmark, env: dict[str, Any], machine, out) -> str:
         f"{out['gemm']['reference_flops'] / 1e9:.1f} GFLOP/s ({out['gemm']['n']}^2 float32 "
         "matmul); % = the cell's matmul FLOPs per second over it. rnnlab/X < 1: rnnlab is "
         "faster; (min) = the ratio of the fastest rounds, what a quiet machine would show. "
-        "torch-native: PyTorch with its vendor library switched off (on CPU oneDNN: for the LSTM, "
-        "ATen's own loop instead of oneDNN's fused LSTM primitive, GRU and RNN never use it; "
-        "on CUDA cuDNN, which runs all three). matmul-floor: the "
+        "rnnlab: rnnlab.scan with derivative='auto'; rnnlab-fused and rnnlab-autodiff: the "
+        "same with derivative= forced ('auto' picks one of the two by backend); rnnlab-remat: "
+        "remat=True. torch-native: PyTorch with its vendor library switched off (on CPU "
+        "oneDNN: for the LSTM, ATen's own loop instead of oneDNN's fused LSTM primitive, GRU "
+        "and RNN never use it; on CUDA cuDNN, which runs all three). matmul-floor: the "
         "same lax.scan with each step cut down to its one [x, h] @ W matmul.",
         "",
     ]
@@ -712,7 +720,7 @@ def main(argv=None) -> None:
     config, ns = experiment.parse_config(SuiteBenchmark, argv, prog="python benchmarks/run.py")
     machine = machine_info()
     env = experiment.environment_info()
-    if "torch" in config.frameworks and torch_available():
+    if any(f in TORCH_FRAMEWORKS for f in config.frameworks) and torch_available():
         import torch
 
         env["torch"] = torch.__version__
@@ -721,7 +729,9 @@ def main(argv=None) -> None:
     out = run(config)
     machine["load_average_end"] = os.getloadavg()
     dest = Path(ns.out) if ns.out else DEFAULT_OUT
-    stem = "suite_quick" if ns.preset == "quick" else "suite"
+    stem = "-".join(["suite", device_slug(env["backend"], env["device_kind"])]
+                    + ([config.precision] if config.precision != "float32" else [])
+                    + ([ns.preset] if ns.preset else []))
     experiment.atomic_write_json(dest / f"{stem}.json", {"config": config, "environment": env,
                                                          "machine": machine, **out})
     experiment.atomic_write_text(dest / f"{stem}.md", markdown(config, env, machine, out))
