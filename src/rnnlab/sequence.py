@@ -73,12 +73,13 @@ def scan(
       remat: checkpointed backpropagation through time: False, an int ``k``
         (the backward pass keeps the carry every ``k`` steps and recomputes each
         chunk), or True (``k = ceil(sqrt(T))``). Same values and gradients.
-      derivative: how the sequential path is differentiated: ``"autodiff"`` (JAX
-        differentiates the scan of ``checkpointed_step(cell)``), ``"fused"``
-        (the whole-sequence derivative of the cell's :class:`rnnlab.AffineForm`,
-        weight gradients as one matmul over all steps), or ``"auto"``
-        (``"fused"`` on GPUs for cells with that form and no ``remat``, where it
-        was measured faster; else ``"autodiff"``). Same values either way.
+      derivative: how the sequential path is evaluated and differentiated:
+        ``"autodiff"`` (JAX differentiates the scan of ``checkpointed_step(cell)``),
+        ``"fused"`` (the cell's :class:`rnnlab.AffineForm` with whole-sequence
+        matmuls: the input projection before the loop, the weight and input
+        gradients after it), or ``"auto"`` (``"fused"`` on GPUs for cells with
+        that form and no ``remat``, where it was measured faster; else
+        ``"autodiff"``). The two agree to rounding.
 
     Returns:
       ``(final_carry, ys)``, ``ys`` with the time axis at ``time_axis``.

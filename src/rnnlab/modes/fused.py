@@ -1,9 +1,16 @@
-r"""The fused path: a whole-sequence derivative for cells with an :class:`rnnlab.AffineForm`.
+r"""The fused path: whole-sequence matmuls for cells with an :class:`rnnlab.AffineForm`.
 
-The values are those of the sequential path (the same step, built from the
-form). The derivative is written out by hand as a ``jax.custom_jvp``, so
-forward mode, reverse mode, ``vmap`` and higher derivatives all work. With
-:math:`g_t = x_t A + h_{t-1} R + b` (all three functions of :math:`\theta`),
+The form's pre-activations are :math:`g_t = x_t A + h_{t-1} R + b` with
+:math:`A, R, b` functions of :math:`\theta` only. This path reads them off the
+form once per call as explicit matrices (``jax.jacfwd`` at one point: the map
+is affine, so any point gives them) and evaluates the sequence as cuDNN does:
+the input projection :math:`x_t A + b` of every step is one matmul before the
+loop, and each step makes one matmul, :math:`h_{t-1} R`, before the pointwise
+update. The values equal the sequential path's to rounding (the sums are
+associated differently).
+
+The derivative is written out by hand as a ``jax.custom_jvp``, so forward mode,
+reverse mode, ``vmap`` and higher derivatives all work:
 
 .. math::
     \dot g_t = \underbrace{\partial_\theta g(\theta, x_t, h_{t-1})\,\dot\theta
@@ -14,19 +21,14 @@ stays in the loop. Transposed for reverse mode, the backward loop computes just
 :math:`\partial L/\partial g_t` and :math:`\partial L/\partial c_{t-1}`; the
 weight gradients (e.g. :math:`\sum_t [x_t, h_{t-1}]^\top \partial L/\partial g_t`)
 and the input gradient become single matmuls over all ``T * batch`` rows after
-the loop (as in cuDNN and PyTorch), instead of ``T`` small ones accumulated
-inside it, which is what differentiating the plain scan gives.
-
-``A`` and ``R`` are read off the pre-activation once per call as explicit
-matrices (``jax.jacfwd`` at one point: the form is affine, so any point gives
-them), so that the loop multiplies by ``R`` alone even when the cell computes
-its pre-activation in one matmul over ``[x, h]``.
+the loop, instead of ``T`` small ones accumulated inside it, which is what
+differentiating the plain scan gives.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +36,7 @@ from jax.extend.core import Literal
 
 from rnnlab.cell import AffineForm, Array, Carry, Params
 from rnnlab.modes.masking import keep_valid, zero_invalid
+from rnnlab.validation import add_bias
 
 
 def run(
@@ -45,42 +48,114 @@ def run(
     *,
     unroll: int | bool = 1,
 ) -> tuple[Carry, Any]:
-    """The form's step scanned with the whole-sequence derivative (see :mod:`rnnlab.modes`)."""
+    """The form scanned with whole-sequence matmuls and derivative (see :mod:`rnnlab.modes`)."""
     masked = valid is not None
     if not masked:
         valid = jnp.ones(xs.shape[:-1], bool)
     return _scan(form, masked, unroll, params, carry, xs, valid)
 
 
-def _step(form: AffineForm, params: Params, carry: Carry, x: Array) -> tuple[Carry, Any]:
-    return form.pointwise(form.preactivation(params, x, form.hidden(carry)), carry)
+class _Maps(NamedTuple):
+    """The affine pre-activation ``g = x A + h R + b`` as matrices, leaves joined.
+
+    ``A [F, Gx]`` holds the columns of the leaves that read ``x`` side by side,
+    ``R [H, Gh]`` those of the leaves that read ``h``; ``b`` has every leaf's
+    constant term. ``split_x``/``split_h`` cut a joined product back into leaves.
+    """
+
+    A: Array | None
+    R: Array | None
+    b: list[Array]
+    reads_x: list[bool]
+    reads_h: list[bool]
+    sizes: list[int]
+    treedef: Any
+
+    def split(self, joined: Array, reads: list[bool]) -> list[Array | None]:
+        out, start = [], 0
+        for size, r in zip(self.sizes, reads, strict=True):
+            out.append(joined[..., start:start + size] if r else None)
+            start += size if r else 0
+        return out
+
+
+def _maps(form: AffineForm, params: Params, x_row: Array, h_row: Array) -> _Maps:
+    def pre_x(x):
+        return form.preactivation(params, x, h_row)
+
+    def pre_h(h):
+        return form.preactivation(params, x_row, h)
+
+    b, treedef = jax.tree.flatten(pre_x(x_row))  # at x = 0, h = 0: the constant term
+    reads_x, reads_h = _reads_input(pre_x, x_row), _reads_input(pre_h, h_row)
+    jac_x = jax.tree.leaves(jax.jacfwd(pre_x)(x_row))  # each [G_k, F]
+    jac_h = jax.tree.leaves(jax.jacfwd(pre_h)(h_row))  # each [G_k, H]
+    A = [j.T for j, r in zip(jac_x, reads_x, strict=True) if r]  # each [F, G_k]
+    R = [j.T for j, r in zip(jac_h, reads_h, strict=True) if r]  # each [H, G_k]
+    return _Maps(
+        A=jnp.concatenate(A, axis=1) if A else None, R=jnp.concatenate(R, axis=1) if R else None,
+        b=b, reads_x=reads_x, reads_h=reads_h, sizes=[leaf.shape[-1] for leaf in b],
+        treedef=treedef,
+    )
+
+
+def _input_part(maps: _Maps, xs: Array) -> list[Array]:
+    """``x_t A + b`` for every step at once, leaf by leaf: ``[T, *batch, G_k]``."""
+    rows = xs.shape[:-1]
+    if maps.A is None:
+        joined = [None] * len(maps.b)
+    else:
+        # One row axis: XLA:CPU contracts it faster than several (docs/performance.md).
+        flat = xs.reshape((-1, xs.shape[-1])) @ maps.A
+        joined = maps.split(flat.reshape(rows + flat.shape[-1:]), maps.reads_x)
+    return [
+        jnp.broadcast_to(b, rows + b.shape) if x_part is None else add_bias(x_part, b)
+        for x_part, b in zip(joined, maps.b, strict=True)
+    ]
+
+
+def _add_recurrent(maps: _Maps, g_x: list[Array], h: Array) -> list[Array]:
+    """``g_x + h R`` leaf by leaf: the one matmul of each step."""
+    if maps.R is None:
+        return g_x
+    h_part = maps.split(h @ maps.R, maps.reads_h)
+    return [g if p is None else g + p for g, p in zip(g_x, h_part, strict=True)]
+
+
+def _zero_rows(xs: Array, carry: Carry, form: AffineForm) -> tuple[Array, Array]:
+    h0 = form.hidden(carry)
+    return jnp.zeros(xs.shape[-1:], xs.dtype), jnp.zeros(h0.shape[-1:], h0.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def _scan(form, masked, unroll, params, carry, xs, valid):
-    def body(c, x_and_valid):
-        x, v = x_and_valid
-        new_c, y = _step(form, params, c, x)
+    maps = _maps(form, params, *_zero_rows(xs, carry, form))
+
+    def body(c, step_inputs):
+        g_x, v = step_inputs
+        g = _add_recurrent(maps, g_x, form.hidden(c))
+        new_c, y = form.pointwise(jax.tree.unflatten(maps.treedef, g), c)
         if masked:
             new_c, y = keep_valid(v, new_c, c), zero_invalid(v, y)
         return new_c, y
 
-    return jax.lax.scan(body, carry, (xs, valid), unroll=unroll)
+    return jax.lax.scan(body, carry, (_input_part(maps, xs), valid), unroll=unroll)
 
 
 @_scan.defjvp
 def _scan_jvp(form, masked, unroll, primals, tangents):
     params, carry, xs, valid = primals
     d_params, d_carry, d_xs, _ = tangents
+    maps = _maps(form, params, *_zero_rows(xs, carry, form))
     # The forward loop also returns, per step, the residuals of the pointwise
     # part's linearisation (gate values and their derivatives), so that the
     # tangent loop below is linear with no primal work left to recompute.
     linear_pointwise = []
 
-    def body(c, x_and_valid):
-        x, v = x_and_valid
+    def body(c, step_inputs):
+        g_x, v = step_inputs
         h = form.hidden(c)
-        g = form.preactivation(params, x, h)
+        g = jax.tree.unflatten(maps.treedef, _add_recurrent(maps, g_x, h))
         (new_c, y), lin = jax.linearize(form.pointwise, g, c)
         # Every constant of the linear map (float or not, e.g. ReLU's mask)
         # leaves the loop as a per-step residual.
@@ -90,40 +165,32 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
             new_c, y = keep_valid(v, new_c, c), zero_invalid(v, y)
         return new_c, (y, h, closed.consts)
 
-    final, (ys, hs_prev, residuals) = jax.lax.scan(body, carry, (xs, valid), unroll=unroll)
+    final, (ys, hs_prev, residuals) = jax.lax.scan(
+        body, carry, (_input_part(maps, xs), valid), unroll=unroll
+    )
     lin_jaxpr, out_tree = linear_pointwise[-1]
-
-    def lin(d_g_leaves, dc, res):
-        flat = jax.core.eval_jaxpr(lin_jaxpr, res, *d_g_leaves, *jax.tree.leaves(dc))
-        return jax.tree.unflatten(out_tree, flat)
-
-    # A and R as matrices, from one point of the affine map (leaves [G_k, F] and
-    # [G_k, H]); None for a pre-activation leaf that does not read x (or h).
-    h0 = form.hidden(carry)
-    x_row = jnp.zeros(xs.shape[-1:], xs.dtype)
-    h_row = jnp.zeros(h0.shape[-1:], h0.dtype)
-    A = _jacobian(lambda x: form.preactivation(params, x, h_row), x_row)
-    R = _jacobian(lambda h: form.preactivation(params, x_row, h), h_row)
 
     # Everything that does not depend on the previous step's tangent, for all
     # steps at once: single large matmuls (and, transposed, the weight and
-    # input gradients). The leading axes are flattened to one row axis, which
-    # XLA:CPU contracts faster than several.
+    # input gradients), over one row axis.
     rows = xs.shape[:-1]
-    flat_xs, flat_dxs, flat_hs = (a.reshape((-1, a.shape[-1])) for a in (xs, d_xs, hs_prev))
-    d_g_fixed = jax.jvp(
+    flat_xs, flat_hs = (a.reshape((-1, a.shape[-1])) for a in (xs, hs_prev))
+    d_g_fixed = jax.tree.leaves(jax.jvp(
         lambda p: form.preactivation(p, flat_xs, flat_hs), (params,), (d_params,)
-    )[1]
+    )[1])
+    d_x_part = [None] * len(d_g_fixed) if maps.A is None else maps.split(
+        d_xs.reshape((-1, d_xs.shape[-1])) @ maps.A, maps.reads_x
+    )
     d_g_fixed = [
-        (d if a is None else d + flat_dxs @ a.T).reshape(rows + d.shape[-1:])
-        for d, a in zip(jax.tree.leaves(d_g_fixed), A, strict=True)
+        (d if dx is None else d + dx).reshape(rows + d.shape[-1:])
+        for d, dx in zip(d_g_fixed, d_x_part, strict=True)
     ]
 
     def tangent_body(dc, step_inputs):
         d_g, res, v = step_inputs
-        dh = form.hidden(dc)
-        d_g = [d if r is None else d + dh @ r.T for d, r in zip(d_g, R, strict=True)]
-        new_dc, dy = lin(d_g, dc, res)
+        d_g = _add_recurrent(maps, d_g, form.hidden(dc))
+        flat = jax.core.eval_jaxpr(lin_jaxpr, res, *d_g, *jax.tree.leaves(dc))
+        new_dc, dy = jax.tree.unflatten(out_tree, flat)
         if masked:
             new_dc, dy = keep_valid(v, new_dc, dc), zero_invalid(v, dy)
         return new_dc, dy
@@ -134,21 +201,13 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
     return (final, ys), (d_final, d_ys)
 
 
-def _jacobian(fn, x: Array) -> list[Array | None]:
-    """``jax.jacfwd(fn)(x)`` leaf by leaf, None for each output leaf that does not read ``x``."""
-    reads = _reads_input(fn, x)
-    jac = jax.tree.leaves(jax.jacfwd(fn)(x))
-    return [j if r else None for j, r in zip(jac, reads, strict=True)]
-
-
 def _reads_input(fn, x: Array) -> list[bool]:
     """For each output leaf of ``fn(x)``, whether it depends on ``x`` (read off the jaxpr).
 
     An equation with any input that depends on ``x`` is taken to make all its
     outputs depend on it, so the answer errs only towards True.
     """
-    closed = jax.make_jaxpr(fn)(x)
-    jaxpr = closed.jaxpr
+    jaxpr = jax.make_jaxpr(fn)(x).jaxpr
     reading = set(jaxpr.invars)
     for eqn in jaxpr.eqns:
         if any(not isinstance(v, Literal) and v in reading for v in eqn.invars):
