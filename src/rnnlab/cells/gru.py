@@ -171,8 +171,8 @@ def gru(
     def preactivation(params: GRUParams | GRUWeights, x: Array, h: Array):
         w = prepare(params)
         check_input_size(x, w.W_n_x.shape[0])
-        n_h = add_bias(checkpoint_name(h @ w.W_n_h, _N_H), w.b_n_h)
-        return rz_preactivation(w, x, h), n_x_preactivation(w, x), n_h
+        rz, n_x = rz_preactivation(w, x, h), n_x_preactivation(w, x)
+        return rz, n_x, add_bias(checkpoint_name(h @ w.W_n_h, _N_H), w.b_n_h)
 
     def pointwise(g: tuple[Array, Array, Array], h: Array) -> tuple[Array, Array]:
         rz, n_x, n_h = g
