@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +84,35 @@ def test_json_has_no_nan():
 def test_written_files_are_readable_by_others(tmp_path):
     path = experiment.atomic_write_text(tmp_path / "x.txt", "hi")
     assert path.stat().st_mode & 0o044 == 0o044 or (experiment._UMASK & 0o044)
+
+
+def test_csv_and_npz_round_trip_through_a_run_dir(tmp_path):
+    run = experiment.RunDir(tmp_path / "r", Cfg())
+    run.write_csv("h.csv", [{"step": 0, "loss": 0.5}, {"step": 1, "loss": math.nan}])
+    assert run.read_csv("h.csv") == [{"step": "0", "loss": "0.5"}, {"step": "1", "loss": ""}]
+    assert run.read_csv("missing.csv") is None
+    run.write_npz("a.npz", {"x": np.arange(3), "['cell'].W": np.ones((2, 2))})
+    saved = np.load(run.file("a.npz"))
+    assert saved.files == ["x", "['cell'].W"] and saved["x"].tolist() == [0, 1, 2]
+    reader = experiment.RunDir(tmp_path / "r", Cfg(), is_writer=False)
+    reader.write_npz("b.npz", {"x": np.zeros(1)})
+    assert not run.file("b.npz").exists()
+
+
+def test_replot_folder_is_recognised_before_the_config_options():
+    assert experiment.replot_folder(["--quick"], prog="x.py") is None
+    assert experiment.replot_folder(["--replot", "some/run"], prog="x.py") == Path("some/run")
+    with pytest.raises(SystemExit, match="usage: x.py --replot RESULTS_FOLDER"):
+        experiment.replot_folder(["--replot"], prog="x.py")
+
+
+def test_save_figure_can_close_the_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    paths = experiment.RunDir(tmp_path / "r", Cfg()).save_figure(fig, "f", ("png",), close=True)
+    assert [p.name for p in paths] == ["f.png"] and paths[0].stat().st_size > 0
+    assert not plt.fignum_exists(fig.number)

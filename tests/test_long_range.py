@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from rnnlab import experiment, train
+from rnnlab import experiment, plots, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "long_range.py"
@@ -38,6 +38,74 @@ def test_long_range_records_divergence_as_an_outcome(tmp_path, capsys, load_scri
     assert list(saved["seeds"]) == [0, 1]
     assert all(np.all(np.isfinite(saved[k])) for k in saved.files)
     assert json.loads((folder / "result.json").read_text())["outcome"] == ["diverged"] * 2
+
+
+# ----------------------------------------------------------------------------- its figures
+
+
+def _run(metric, success_rate):
+    mean = float(np.mean([m for m in metric if m is not None]))
+    return {"metric": metric, "metric_mean": mean, "success_rate": success_rate}
+
+
+def _lines(ax) -> dict[str, np.ndarray]:
+    return {ln.get_label(): np.asarray(ln.get_ydata(), float) for ln in ax.lines
+            if not ln.get_label().startswith("_")}
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt  # after rnnlab.plots has chosen the headless backend
+
+    plt.close(fig)
+
+
+def test_metric_vs_length_draws_each_cell_at_its_saved_values():
+    runs = {"a": [_run([0.1, 0.3], 0.5), _run([0.2, 0.2], 0.0)],
+            "b": [_run([0.01, 0.03], 1.0), _run([0.05, None], 0.5)]}  # None: NaN in JSON
+    runs["b"][1]["metric_mean"] = None
+    fig = plots.metric_vs_length(runs, [10, 20], [1 / 6, 1 / 6], task="adding",
+                                 metric_name="mse", baseline_formula="1/6",
+                                 success_criterion="mse < 0.01", higher_is_better=False)
+    ax_m, ax_s = fig.axes
+    lines = _lines(ax_m)
+    np.testing.assert_allclose(lines["a"], [0.2, 0.2])
+    np.testing.assert_array_equal(lines["b"], [0.02, np.nan])
+    np.testing.assert_array_equal(lines["baseline: 1/6"], [1 / 6, 1 / 6])
+    assert {k: v.tolist() for k, v in _lines(ax_s).items()} == {"a": [0.5, 0.0], "b": [1.0, 0.5]}
+    seeds = sorted(y for ln in ax_m.lines if ln.get_linestyle() == "None"
+                   for y in ln.get_ydata() if np.isfinite(y))
+    assert seeds == [0.01, 0.03, 0.05, 0.1, 0.2, 0.2, 0.3]
+    assert ax_m.get_yscale() == "log" and ax_m.get_title() == "adding: mse vs T"
+    _close(fig)
+
+
+def test_training_curves_one_panel_per_length_one_line_per_cell():
+    loss = np.array([[4.0, 3.0, np.nan], [2.0, 1.0, 1.0]])  # [S, steps]
+    fig = plots.training_curves({"a": [loss, 2 * loss], "b": [loss, loss]}, [10, 20],
+                                loss_kind="mse", baselines=[0.5, 0.25])
+    assert [ax.get_title() for ax in fig.axes] == ["T = 10", "T = 20"]
+    for ax, scale, baseline in zip(fig.axes, (1, 2), (0.5, 0.25), strict=True):
+        # Too short to smooth: each curve is the NaN-ignoring mean over seeds.
+        assert {k: v.tolist() for k, v in _lines(ax).items()} == {
+            "a": [3.0 * scale, 2.0 * scale, 1.0 * scale], "b": [3.0, 2.0, 1.0],
+            "baseline": [baseline, baseline]}
+        assert ax.get_ylim()[1] == pytest.approx(5 * baseline)
+    _close(fig)
+
+
+def test_gradient_norm_clipping_draws_seed_0_and_the_geometric_mean():
+    g = np.array([[1.0, 4.0], [4.0, 1.0]])  # [S, steps]
+    fig = plots.gradient_norm_clipping([(1.0, g), (None, 2 * g)], clip_norm=1.0, title="t")
+    (ax,) = fig.axes
+    ys = [np.asarray(ln.get_ydata(), float) for ln in ax.lines]
+    want = [[1.0, 4.0], [2.0, 2.0], [2.0, 8.0], [4.0, 4.0], [1.0, 1.0]]
+    assert len(ys) == len(want)
+    for got, expected in zip(ys, want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0].startswith("clip 1 ") and labels[1].startswith("no clipping")
+    assert labels[2] == "clip threshold"
+    _close(fig)
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -129,7 +197,7 @@ def _results(out: Path) -> dict:
 def _assert_same_results(got: dict, want: dict) -> None:
     """Bitwise on CPU. On a GPU (an H100, 2026-11-25) a resumed run matched to about 1e-7
     relative but not bitwise, even with --xla_gpu_deterministic_ops=true
-    (benchmarks/results/gpu_h100.md), so elsewhere the numbers need only agree to 1e-5."""
+    (docs/performance.md, "Tests on the H100"), so elsewhere the numbers need only agree to 1e-5."""
     if jax.default_backend() == "cpu":
         assert got == want
         return

@@ -13,6 +13,9 @@ opens a :class:`RunDir`, calls library functions and writes what they return.
   run folder holds ``config.json`` and ``environment.json`` from its start and
   ``COMPLETE`` at its end, so an interrupted folder is recognisable; re-running
   into a folder made with a different config refuses unless ``--overwrite``.
+- **Every result is re-plottable.** Figures come from :mod:`rnnlab.plots`,
+  drawn from the saved numbers; :func:`replot_folder` recognises a script's
+  ``--replot RESULTS_FOLDER``.
 """
 
 from __future__ import annotations
@@ -88,16 +91,42 @@ def atomic_write_csv(
     return atomic_write_text(path, buf.getvalue())
 
 
+def atomic_write_npz(
+    path: str | os.PathLike, arrays: Mapping[str, Any], *, compressed: bool = True
+) -> Path:
+    """Writes named arrays as one ``.npz`` (``np.load(path)[name]`` reads them back)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def save_figure(
-    fig, path_stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")
+    fig,
+    path_stem: str | os.PathLike,
+    formats: Sequence[str] = ("png", "pdf"),
+    *,
+    close: bool = False,
 ) -> list[Path]:
-    """Saves a matplotlib figure atomically in each format; returns the paths."""
+    """Saves a matplotlib figure atomically in each format; returns the paths.
+
+    ``close=True`` then closes it, for scripts that draw many figures.
+    """
     paths = []
     for fmt in formats:
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
         paths.append(atomic_write_bytes(Path(f"{path_stem}.{fmt}"), buf.getvalue()))
+    if close:
+        _close(fig)
     return paths
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -272,6 +301,20 @@ def build_parser(config_cls: type, *, prog: str | None = None) -> argparse.Argum
     return parser
 
 
+def replot_folder(argv: Sequence[str] | None = None, *, prog: str) -> Path | None:
+    """The folder of a ``prog --replot RESULTS_FOLDER`` command line, else None.
+
+    Scripts check this before :func:`parse_config`, so a replot needs no config
+    options (it reads ``config.json`` from the folder).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["--replot"]:
+        return None
+    if len(argv) != 2:
+        raise SystemExit(f"usage: {prog} --replot RESULTS_FOLDER")
+    return Path(argv[1])
+
+
 def parse_config(
     config_cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None
 ) -> tuple[C, argparse.Namespace]:
@@ -400,14 +443,34 @@ class RunDir:
             return self.path / name
         return atomic_write_csv(self.path / name, rows, fieldnames)
 
+    def write_npz(
+        self, name: str, arrays: Mapping[str, Any], *, compressed: bool = True
+    ) -> Path:
+        if not self.is_writer:
+            return self.path / name
+        return atomic_write_npz(self.path / name, arrays, compressed=compressed)
+
     def read_json(self, name: str, default: Any = None) -> Any:
         p = self.path / name
         return json.loads(p.read_text()) if p.exists() else default
 
-    def save_figure(self, fig, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-        if not self.is_writer:
-            return [Path(f"{self.path / stem}.{fmt}") for fmt in formats]
-        return save_figure(fig, self.path / stem, formats)
+    def read_csv(self, name: str) -> list[dict[str, str]] | None:
+        """The rows of a CSV written by :meth:`write_csv` (values as text), or None."""
+        p = self.path / name
+        if not p.exists():
+            return None
+        with open(p, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def save_figure(
+        self, fig, stem: str, formats: Sequence[str] = ("png", "pdf"), *, close: bool = False
+    ) -> list[Path]:
+        paths = [Path(f"{self.path / stem}.{fmt}") for fmt in formats]
+        if self.is_writer:
+            paths = save_figure(fig, self.path / stem, formats)
+        if close:
+            _close(fig)
+        return paths
 
 
 def default_run_name(experiment: str, config: Any, root: str | os.PathLike = "results") -> Path:

@@ -144,3 +144,131 @@ def phase_diagram(phase: Mapping[str, Sequence[float]], *, distance: int, title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _smooth(x: np.ndarray, window: int = 25) -> np.ndarray:
+    """A running mean over ``window`` steps (at most a fifth of the curve)."""
+    if len(x) == 0:
+        return x
+    window = max(1, min(window, len(x) // 5 or 1))
+    return np.convolve(x, np.ones(window) / window, mode="valid")
+
+
+def metric_vs_length(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    lengths: Sequence[int],
+    baselines: Sequence[float],
+    *,
+    task: str,
+    metric_name: str,
+    baseline_formula: str,
+    success_criterion: str,
+    higher_is_better: bool,
+):
+    """Final metric and success rate over seeds against the sequence length T.
+
+    Args:
+      runs: ``runs[cell][i]``, the saved result at ``lengths[i]``: ``metric``
+        (one per seed, dots), ``metric_mean`` (a line) and ``success_rate``.
+      lengths: the lengths T, ascending.
+      baselines: the task's memoryless baseline at each T, drawn dashed.
+      task, metric_name, baseline_formula, success_criterion: the labels.
+      higher_is_better: the metric's direction; a lower-is-better metric
+        (an error) is drawn on a log scale.
+
+    Returns:
+      The matplotlib figure.
+    """
+    plt = _pyplot()
+    Ts = list(lengths)
+    fig, (ax_m, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
+    for cell, rs in runs.items():
+        mean = np.asarray([r["metric_mean"] for r in rs], float)  # None (NaN in JSON) -> NaN
+        line, = ax_m.plot(Ts, mean, "o-", label=cell)
+        for T, r in zip(Ts, rs, strict=True):
+            metric = np.asarray(r["metric"], float)
+            ax_m.plot([T] * len(metric), metric, ".", color=line.get_color(), alpha=0.4)
+        ax_s.plot(Ts, [r["success_rate"] for r in rs], "o-", label=cell)
+    label = f"baseline: {baseline_formula}"
+    if len(set(baselines)) == 1:
+        ax_m.axhline(baselines[0], color="k", ls="--", label=label)
+    else:
+        ax_m.plot(Ts, baselines, "k--x", label=label)
+    ax_m.set(xscale="log", xlabel="T", ylabel=f"final {metric_name} (fresh sequences)",
+             title=f"{task}: {metric_name} vs T")
+    if not higher_is_better:
+        ax_m.set_yscale("log")
+    ax_s.set(xscale="log", xlabel="T", ylabel="success rate over seeds", ylim=(-0.05, 1.05),
+             title=success_criterion)
+    for ax in (ax_m, ax_s):
+        ax.set_xticks(Ts, [str(T) for T in Ts])
+        ax.minorticks_off()
+    ax_m.legend(fontsize=8, loc="best", framealpha=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(
+    losses: Mapping[str, Sequence[np.ndarray]],
+    lengths: Sequence[int],
+    *,
+    loss_kind: str,
+    baselines: Sequence[float] | None = None,
+):
+    """Training loss against step, one panel per sequence length T.
+
+    Args:
+      losses: ``losses[cell][i]``, the ``[S, steps]`` training loss at
+        ``lengths[i]`` (NaN where not logged), drawn as the mean over seeds,
+        smoothed.
+      lengths: the lengths T, one panel each.
+      loss_kind: the loss's name, for the label.
+      baselines: the baseline loss at each T, drawn dashed; None draws none.
+
+    Returns:
+      The matplotlib figure.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4 * len(lengths), 3.5), squeeze=False)
+    for i, (ax, T) in enumerate(zip(axes[0], lengths, strict=True)):
+        for cell, loss in losses.items():
+            ax.plot(_smooth(np.nanmean(np.asarray(loss[i], float), axis=0)), label=cell)
+        ax.set(title=f"T = {T}", xlabel="step", yscale="log")
+        if baselines is not None:
+            ax.axhline(baselines[i], color="k", ls="--", lw=1, label="baseline")
+            ax.set_ylim(top=5 * baselines[i])  # an early spike would hide the plateau
+    axes[0][0].set_ylabel(f"train {loss_kind} (mean over seeds, smoothed)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gradient_norm_clipping(
+    runs: Sequence[tuple[float | None, np.ndarray]], *, clip_norm: float, title: str = ""
+):
+    """Global gradient norm (before clipping) against step, with and without clipping.
+
+    Args:
+      runs: ``(clip, grad_norm)`` pairs: the run's clipping threshold (None
+        for none) and its ``[S, steps]`` gradient norms, drawn as seed 0 (thin)
+        and the geometric mean over seeds, smoothed (thick).
+      clip_norm: the clipping threshold, drawn dotted.
+      title: the axes title.
+
+    Returns:
+      The matplotlib figure.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for clip, grad_norm in runs:
+        g = np.asarray(grad_norm, float)
+        label = "no clipping" if clip is None else f"clip {clip:g}"
+        color = "C3" if clip is None else "C0"
+        ax.plot(g[0], lw=0.5, alpha=0.35, color=color)
+        ax.plot(np.exp(_smooth(np.nanmean(np.log(g), axis=0))), lw=2, color=color,
+                label=f"{label} (geometric mean over seeds, smoothed; thin: seed 0)")
+    ax.axhline(clip_norm, color="k", ls=":", lw=1, label="clip threshold")
+    ax.set(yscale="log", xlabel="step", ylabel="global gradient norm (before clipping)",
+           title=title)
+    ax.legend(fontsize=8)
+    return fig

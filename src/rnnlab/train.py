@@ -114,6 +114,30 @@ class ModelParams(NamedTuple):
     readout: Readout
 
 
+def apply_readout(
+    readout: Readout, ys: Array, *, per_step: bool, lengths: Array | None = None
+) -> Array:
+    r"""The model's outputs from the cell's: :math:`\hat y = y_{t^*} W + b`.
+
+    Args:
+      readout: the linear readout.
+      ys: ``[T, B, H]``, the cell's output at every step.
+      per_step: a per-step task (every step is read) or a per-sequence one
+        (only the last valid step ``t^* = lengths - 1``, or ``T - 1``).
+      lengths: ``[B]`` valid lengths of right-padded sequences, or None.
+
+    Returns:
+      ``[B, O]`` (per sequence) or ``[T, B, O]`` (per step).
+    """
+    if not per_step:
+        if lengths is None:
+            ys = ys[-1]
+        else:
+            idx = (lengths - 1)[None, :, None]  # [1, B, 1]
+            ys = jnp.take_along_axis(ys, idx, axis=0)[0]  # [B, H]
+    return add_bias(ys @ readout.W, readout.b)
+
+
 class TrainState(NamedTuple):
     """Everything a run needs to continue; every leaf has a leading seed axis [S, ...]
     when produced by :class:`TrainFns`.
@@ -220,13 +244,7 @@ def make_train_fns(
     def apply(params: ModelParams, inputs: Array, lengths: Array | None = None) -> Array:
         """``inputs [T, B, F] -> outputs [B, O]`` (per sequence) or ``[T, B, O]`` (per step)."""
         _, ys = scan(cell, params.cell, inputs, lengths=lengths, unroll=cfg.unroll)  # [T, B, H]
-        if not task.per_step:
-            if lengths is None:
-                ys = ys[-1]
-            else:
-                idx = (lengths - 1)[None, :, None]  # [1, B, 1]
-                ys = jnp.take_along_axis(ys, idx, axis=0)[0]  # [B, H]
-        return add_bias(ys @ params.readout.W, params.readout.b)
+        return apply_readout(params.readout, ys, per_step=task.per_step, lengths=lengths)
 
     def loss_fn(params: ModelParams, batch: Batch) -> Array:
         return task.loss(apply(params, batch.inputs, batch.lengths), batch)
