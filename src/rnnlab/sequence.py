@@ -75,9 +75,9 @@ def scan(
         chunk), or True (``k = ceil(sqrt(T))``). Same values and gradients.
       derivative: how the sequential path is evaluated and differentiated:
         ``"autodiff"`` (JAX differentiates the scan of ``checkpointed_step(cell)``),
-        ``"fused"`` (the cell's :class:`rnnlab.AffineForm` with whole-sequence
-        matmuls: the input projection before the loop, the weight and input
-        gradients after it), or ``"auto"`` (``"fused"`` on GPUs for cells with
+        ``"fused"`` (the cell's :class:`rnnlab.AffineForm` with a whole-sequence
+        derivative: the weight and input gradients as single matmuls after the
+        loop), or ``"auto"`` (``"fused"`` on GPUs for cells with
         that form and no ``remat``, where it was measured faster; else
         ``"autodiff"``). The two agree to rounding.
 

@@ -127,9 +127,10 @@ def gru(
         zeros = jnp.zeros((3 * H,), param_dtype)
         return GRUParams(W_x=W_x, W_h=W_h, b_x=zeros, b_h=zeros)
 
-    def initial_carry(params: GRUParams, batch_shape=()) -> Array:
+    def initial_carry(params: GRUParams | GRUWeights, batch_shape=()) -> Array:
         batch_shape = check_batch_shape(batch_shape)
-        return jnp.zeros(batch_shape + params.W_h.shape[:1], params.W_h.dtype)
+        W_n_h = params.W_n_h if isinstance(params, GRUWeights) else params.W_h
+        return jnp.zeros(batch_shape + W_n_h.shape[:1], W_n_h.dtype)
 
     def rz_preactivation(w: GRUWeights, x: Array, h: Array) -> Array:
         if w.W_rz_x.shape[0] == 1:

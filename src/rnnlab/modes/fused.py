@@ -3,11 +3,11 @@ r"""The fused path: whole-sequence matmuls for cells with an :class:`rnnlab.Affi
 The form's pre-activations are :math:`g_t = x_t A + h_{t-1} R + b` with
 :math:`A, R, b` functions of :math:`\theta` only. This path reads them off the
 form once per call as explicit matrices (``jax.jacfwd`` at one point: the map
-is affine, so any point gives them) and evaluates the sequence as cuDNN does:
-the input projection :math:`x_t A + b` of every step is one matmul before the
-loop, and each step makes one matmul, :math:`h_{t-1} R`, before the pointwise
-update. The values equal the sequential path's to rounding (the sums are
-associated differently).
+is affine, so any point gives them), and each step makes two matmuls,
+:math:`x_t A` and :math:`h_{t-1} R`, before the pointwise update, whatever
+matmuls the cell's own step makes. (Projecting every step's input in one matmul
+before the loop was slower on CPU, docs/performance.md.) The values equal the
+sequential path's to rounding (the sums are associated differently).
 
 The derivative is written out by hand as a ``jax.custom_jvp``, so forward mode,
 reverse mode, ``vmap`` and higher derivatives all work:
@@ -99,14 +99,13 @@ def _maps(form: AffineForm, params: Params, x_row: Array, h_row: Array) -> _Maps
     )
 
 
-def _input_part(maps: _Maps, xs: Array) -> list[Array]:
-    """``x_t A + b`` for every step at once, leaf by leaf: ``[T, *batch, G_k]``."""
-    rows = xs.shape[:-1]
+def _input_part(maps: _Maps, x: Array) -> list[Array]:
+    """``x A + b`` leaf by leaf: ``[*rows, G_k]`` for ``x [*rows, F]``."""
+    rows = x.shape[:-1]
     if maps.A is None:
         joined = [None] * len(maps.b)
     else:
-        # One row axis: XLA:CPU contracts it faster than several (docs/performance.md).
-        flat = xs.reshape((-1, xs.shape[-1])) @ maps.A
+        flat = x.reshape((-1, x.shape[-1])) @ maps.A
         joined = maps.split(flat.reshape(rows + flat.shape[-1:]), maps.reads_x)
     return [
         jnp.broadcast_to(b, rows + b.shape) if x_part is None else add_bias(x_part, b)
@@ -132,14 +131,14 @@ def _scan(form, masked, unroll, params, carry, xs, valid):
     maps = _maps(form, params, *_zero_rows(xs, carry, form))
 
     def body(c, step_inputs):
-        g_x, v = step_inputs
-        g = _add_recurrent(maps, g_x, form.hidden(c))
+        x, v = step_inputs
+        g = _add_recurrent(maps, _input_part(maps, x), form.hidden(c))
         new_c, y = form.pointwise(jax.tree.unflatten(maps.treedef, g), c)
         if masked:
             new_c, y = keep_valid(v, new_c, c), zero_invalid(v, y)
         return new_c, y
 
-    return jax.lax.scan(body, carry, (_input_part(maps, xs), valid), unroll=unroll)
+    return jax.lax.scan(body, carry, (xs, valid), unroll=unroll)
 
 
 @_scan.defjvp
@@ -153,9 +152,9 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
     linear_pointwise = []
 
     def body(c, step_inputs):
-        g_x, v = step_inputs
+        x, v = step_inputs
         h = form.hidden(c)
-        g = jax.tree.unflatten(maps.treedef, _add_recurrent(maps, g_x, h))
+        g = jax.tree.unflatten(maps.treedef, _add_recurrent(maps, _input_part(maps, x), h))
         (new_c, y), lin = jax.linearize(form.pointwise, g, c)
         # Every constant of the linear map (float or not, e.g. ReLU's mask)
         # leaves the loop as a per-step residual.
@@ -165,9 +164,7 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
             new_c, y = keep_valid(v, new_c, c), zero_invalid(v, y)
         return new_c, (y, h, closed.consts)
 
-    final, (ys, hs_prev, residuals) = jax.lax.scan(
-        body, carry, (_input_part(maps, xs), valid), unroll=unroll
-    )
+    final, (ys, hs_prev, residuals) = jax.lax.scan(body, carry, (xs, valid), unroll=unroll)
     lin_jaxpr, out_tree = linear_pointwise[-1]
 
     # Everything that does not depend on the previous step's tangent, for all
