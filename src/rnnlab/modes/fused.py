@@ -56,26 +56,31 @@ def run(
 
 
 class _Maps(NamedTuple):
-    """The affine pre-activation ``g = x A + h R + b`` as matrices, leaves joined.
+    """The affine pre-activation ``g = x A + h R + b`` as joined matrices.
 
-    ``A [F, Gx]`` holds the columns of the leaves that read ``x`` side by side,
-    ``R [H, Gh]`` those of the leaves that read ``h``; ``b`` has every leaf's
-    constant term. ``split_x``/``split_h`` cut a joined product back into leaves.
+    ``A [F, Gx]`` holds side by side the columns of the leaves that read ``x``,
+    with their constant terms in ``b_x [Gx]``; ``R [H, Gh]`` those of the leaves
+    that read ``h``, with ``b_h [Gh]`` holding the constant terms of the leaves
+    that read ``h`` only. So each step makes two matmuls and two bias adds,
+    whatever the number of leaves. ``b`` keeps every leaf's constant term.
     """
 
     A: Array | None
+    b_x: Array | None
     R: Array | None
+    b_h: Array | None
     b: list[Array]
     reads_x: list[bool]
     reads_h: list[bool]
-    sizes: list[int]
     treedef: Any
 
     def split(self, joined: Array, reads: list[bool]) -> list[Array | None]:
+        """A joined product cut back into leaves (None for the leaves it does not hold)."""
         out, start = [], 0
-        for size, r in zip(self.sizes, reads, strict=True):
+        for leaf, r in zip(self.b, reads, strict=True):
+            size = leaf.shape[-1] if r else 0
             out.append(joined[..., start:start + size] if r else None)
-            start += size if r else 0
+            start += size
         return out
 
 
@@ -90,35 +95,41 @@ def _maps(form: AffineForm, params: Params, x_row: Array, h_row: Array) -> _Maps
     reads_x, reads_h = _reads_input(pre_x, x_row), _reads_input(pre_h, h_row)
     jac_x = jax.tree.leaves(jax.jacfwd(pre_x)(x_row))  # each [G_k, F]
     jac_h = jax.tree.leaves(jax.jacfwd(pre_h)(h_row))  # each [G_k, H]
-    A = [j.T for j, r in zip(jac_x, reads_x, strict=True) if r]  # each [F, G_k]
-    R = [j.T for j, r in zip(jac_h, reads_h, strict=True) if r]  # each [H, G_k]
-    return _Maps(
-        A=jnp.concatenate(A, axis=1) if A else None, R=jnp.concatenate(R, axis=1) if R else None,
-        b=b, reads_x=reads_x, reads_h=reads_h, sizes=[leaf.shape[-1] for leaf in b],
-        treedef=treedef,
-    )
+    leaves = list(zip(jac_x, jac_h, b, reads_x, reads_h, strict=True))
+    A = [jx.T for jx, _, _, rx, _ in leaves if rx]  # each [F, G_k]
+    b_x = [c for _, _, c, rx, _ in leaves if rx]
+    R = [jh.T for _, jh, _, _, rh in leaves if rh]  # each [H, G_k]
+    b_h = [jnp.zeros_like(c) if rx else c for _, _, c, rx, rh in leaves if rh]
+
+    def join(parts):
+        return jnp.concatenate(parts, axis=-1) if parts else None
+
+    return _Maps(A=join(A), b_x=join(b_x), R=join(R), b_h=join(b_h), b=b, reads_x=reads_x,
+                 reads_h=reads_h, treedef=treedef)
 
 
-def _input_part(maps: _Maps, x: Array) -> list[Array]:
-    """``x A + b`` leaf by leaf: ``[*rows, G_k]`` for ``x [*rows, F]``."""
-    rows = x.shape[:-1]
-    if maps.A is None:
-        joined = [None] * len(maps.b)
-    else:
-        flat = x.reshape((-1, x.shape[-1])) @ maps.A
-        joined = maps.split(flat.reshape(rows + flat.shape[-1:]), maps.reads_x)
-    return [
-        jnp.broadcast_to(b, rows + b.shape) if x_part is None else add_bias(x_part, b)
-        for x_part, b in zip(joined, maps.b, strict=True)
-    ]
+def _matmul(a: Array, w: Array) -> Array:
+    # One row axis: XLA:CPU contracts it faster than several (docs/performance.md).
+    return (a.reshape((-1, a.shape[-1])) @ w).reshape(a.shape[:-1] + w.shape[-1:])
 
 
-def _add_recurrent(maps: _Maps, g_x: list[Array], h: Array) -> list[Array]:
-    """``g_x + h R`` leaf by leaf: the one matmul of each step."""
-    if maps.R is None:
-        return g_x
-    h_part = maps.split(h @ maps.R, maps.reads_h)
-    return [g if p is None else g + p for g, p in zip(g_x, h_part, strict=True)]
+def _preactivation(maps: _Maps, x: Array | None, h: Array | None, *, bias: bool) -> list:
+    """``x A + h R (+ b)`` leaf by leaf; ``x`` or ``h`` None leaves that term out."""
+    x_part = h_part = [None] * len(maps.b)
+    if x is not None and maps.A is not None:
+        joined = _matmul(x, maps.A)
+        x_part = maps.split(add_bias(joined, maps.b_x) if bias else joined, maps.reads_x)
+    if h is not None and maps.R is not None:
+        joined = _matmul(h, maps.R)
+        h_part = maps.split(add_bias(joined, maps.b_h) if bias else joined, maps.reads_h)
+    out = []
+    for xp, hp, b in zip(x_part, h_part, maps.b, strict=True):
+        if xp is None and hp is None:
+            rows = (x if x is not None else h).shape[:-1]
+            out.append(jnp.broadcast_to(b, rows + b.shape) if bias else None)
+        else:
+            out.append(hp if xp is None else xp if hp is None else xp + hp)
+    return out
 
 
 def _zero_rows(xs: Array, carry: Carry, form: AffineForm) -> tuple[Array, Array]:
@@ -132,7 +143,7 @@ def _scan(form, masked, unroll, params, carry, xs, valid):
 
     def body(c, step_inputs):
         x, v = step_inputs
-        g = _add_recurrent(maps, _input_part(maps, x), form.hidden(c))
+        g = _preactivation(maps, x, form.hidden(c), bias=True)
         new_c, y = form.pointwise(jax.tree.unflatten(maps.treedef, g), c)
         if masked:
             new_c, y = keep_valid(v, new_c, c), zero_invalid(v, y)
@@ -154,7 +165,7 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
     def body(c, step_inputs):
         x, v = step_inputs
         h = form.hidden(c)
-        g = jax.tree.unflatten(maps.treedef, _add_recurrent(maps, _input_part(maps, x), h))
+        g = jax.tree.unflatten(maps.treedef, _preactivation(maps, x, h, bias=True))
         (new_c, y), lin = jax.linearize(form.pointwise, g, c)
         # Every constant of the linear map (float or not, e.g. ReLU's mask)
         # leaves the loop as a per-step residual.
@@ -175,17 +186,16 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
     d_g_fixed = jax.tree.leaves(jax.jvp(
         lambda p: form.preactivation(p, flat_xs, flat_hs), (params,), (d_params,)
     )[1])
-    d_x_part = [None] * len(d_g_fixed) if maps.A is None else maps.split(
-        d_xs.reshape((-1, d_xs.shape[-1])) @ maps.A, maps.reads_x
-    )
+    d_x_part = _preactivation(maps, d_xs, None, bias=False)
     d_g_fixed = [
-        (d if dx is None else d + dx).reshape(rows + d.shape[-1:])
+        (d if dx is None else d + dx.reshape((-1, dx.shape[-1]))).reshape(rows + d.shape[-1:])
         for d, dx in zip(d_g_fixed, d_x_part, strict=True)
     ]
 
     def tangent_body(dc, step_inputs):
         d_g, res, v = step_inputs
-        d_g = _add_recurrent(maps, d_g, form.hidden(dc))
+        d_h_part = _preactivation(maps, None, form.hidden(dc), bias=False)
+        d_g = [d if dh is None else d + dh for d, dh in zip(d_g, d_h_part, strict=True)]
         flat = jax.core.eval_jaxpr(lin_jaxpr, res, *d_g, *jax.tree.leaves(dc))
         new_dc, dy = jax.tree.unflatten(out_tree, flat)
         if masked:
