@@ -1,17 +1,47 @@
-"""Shared test configuration.
+"""Shared test configuration, sizes, oracles and fixtures.
 
 Accidental broadcasting fails loudly (``jax_numpy_rank_promotion="raise"``), and
 float64 is switched on per test through the ``x64`` fixture rather than
 globally, so that the default float32 path is the one most tests exercise.
+
+Test modules import the shared pieces by name (pytest puts ``tests/`` on the
+path)::
+
+    from conftest import B, CELLS, F, H, LENGTHS, T, close, make_case, reference_scan
+
+* sizes: ``T, B, F, H`` and ``LENGTHS`` (one valid length per sequence: full,
+  partial, empty). All distinct, so a swapped axis fails a shape check.
+* ``close`` (``chex.assert_trees_all_close`` with one tolerance) and ``equal``.
+* oracles: ``loop`` (a Python loop over ``cell.step``) and ``reference_scan``
+  (per-sequence loops with the padding and the reversal done by hand).
+* ``CELLS`` (the registry's names at collection time) and ``make_case`` /
+  the ``registered`` fixture: each registered cell's params, inputs and a random
+  initial carry, built once per session.
+* training: ``small_train_config()``, ``CHUNK`` and the ``elman_fns`` fixture, whose
+  compiled training chunks the training tests share.
+* hypothesis profiles ``dev`` (default: a few examples per test) and ``ci``
+  (a real search, which ``tests/test_fuzz.py``'s slow test uses); both
+  derandomised, so every run tests the same examples.
+
+Compiling dominates these tiny programs: tests compare several results of one
+jitted function rather than compiling each comparison apart.
 """
 
+import functools
 import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
+import chex
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+
+from rnnlab import registry
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # XLA compilation dominates this suite's tiny programs; skipping most of XLA's
@@ -23,6 +53,152 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 jax.config.update(
     "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
 )
+
+# ----------------------------------------------------------------------------- hypothesis
+
+# Derandomised: the examples are a function of the test's source, so a failure in CI
+# is a failure on every machine. `ci` is the search the slow set runs; `dev` keeps the
+# default run short. Choose one for every test with HYPOTHESIS_PROFILE=ci.
+_HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=4, **_HYPOTHESIS)
+settings.register_profile("ci", max_examples=200, **_HYPOTHESIS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# ----------------------------------------------------------------------------- sizes
+
+T, B, F, H = 5, 3, 2, 4  # steps, sequences, input features, hidden units
+LENGTHS = (5, 2, 0)  # [B] valid lengths: a full, a partial and an empty sequence
+CELLS = registry.names()  # at collection: cells registered later by a test are not here
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def close(actual: Any, expected: Any, tol: float = 1e-5) -> None:
+    """The trees have the same structure and shapes, and leaves equal to ``tol``
+    (relative and absolute)."""
+    chex.assert_trees_all_close(actual, expected, rtol=tol, atol=tol)
+
+
+def equal(actual: Any, expected: Any) -> None:
+    """The trees have the same structure and shapes, and leaves equal to the bit."""
+    chex.assert_trees_all_equal(actual, expected)
+
+
+# ----------------------------------------------------------------------------- oracles
+
+
+def loop(cell, params, xs, carry):
+    """``(final_carry, ys)`` of a Python loop over ``cell.step`` (``xs [T, *batch, F]``)."""
+    ys = []
+    for t in range(xs.shape[0]):
+        carry, y = cell.step(params, carry, xs[t])
+        ys.append(y)
+    return carry, jax.tree.map(lambda *y: jnp.stack(y), *ys)
+
+
+def reference_scan(cell, params, xs, carry=None, lengths=None, reverse=False):
+    """What ``rnnlab.scan`` must give, without ``lax.scan`` or masking: one Python loop
+    over ``cell.step`` per sequence, over its first ``lengths[b]`` steps (backwards for
+    ``reverse``); padded outputs are zero and leave the carry alone.
+
+    ``xs [T, *batch, F]`` time-major; returns numpy ``(final_carry, ys)``.
+    """
+    xs = np.asarray(xs)
+    num_steps, batch = xs.shape[0], xs.shape[1:-1]
+    if carry is None:
+        carry = cell.initial_carry(params, batch)
+    per_seq = jax.tree.map(lambda c: jax.ShapeDtypeStruct(c.shape[len(batch):], c.dtype), carry)
+    x_struct = jax.ShapeDtypeStruct(xs.shape[-1:], xs.dtype)
+    y_struct = jax.eval_shape(lambda c, x: cell.step(params, c, x)[1], per_seq, x_struct)
+    ys = np.zeros((num_steps, *batch, *y_struct.shape), y_struct.dtype)
+    finals = jax.tree.map(lambda c: np.array(c), carry)
+    for idx in np.ndindex(*batch):
+        n = num_steps if lengths is None else int(np.asarray(lengths)[idx])
+        c = jax.tree.map(lambda a, idx=idx: a[idx], carry)
+        for t in range(n - 1, -1, -1) if reverse else range(n):
+            c, y = cell.step(params, c, xs[(t, *idx)])
+            ys[(t, *idx)] = np.asarray(y)
+        jax.tree.map(lambda f, v, idx=idx: f.__setitem__(idx, np.asarray(v)), finals, c)
+    return finals, ys
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def cast(tree: Any, dtype: Any) -> Any:
+    """Real floating leaves to ``dtype``, complex ones to its complex counterpart."""
+    complex_dtype = jnp.result_type(dtype, jnp.complex64)
+
+    def one(a):
+        a = jnp.asarray(a)
+        if jnp.issubdtype(a.dtype, jnp.complexfloating):
+            return a.astype(complex_dtype)
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return jax.tree.map(one, tree)
+
+
+class Case(NamedTuple):
+    name: str
+    cell: Any
+    params: Any
+    xs: jax.Array  # [T, B, F]
+    carry: Any  # a random initial carry for B sequences (no gradient trivially zero)
+
+
+@functools.cache
+def make_case(name: str, dtype: str = "float32", input_size: int = F, seed: int = 0) -> Case:
+    """The registered cell ``name`` with H units, its params, inputs and a random carry,
+    built once per session. Call under ``jax.enable_x64`` for ``dtype="float64"``."""
+    k_params, k_xs, k_carry = jax.random.split(jax.random.key(seed), 3)
+    cell = registry.get(name, H)
+    params = cast(cell.init(k_params, input_size), dtype)
+    xs = jax.random.normal(k_xs, (T, B, input_size), dtype)
+    return Case(name, cell, params, xs, random_carry(cell, params, (B,), k_carry))
+
+
+def random_carry(cell, params, batch_shape, key, scale=0.5):
+    """A carry of the right structure, shapes and dtypes, with random entries."""
+    zeros = cell.initial_carry(params, batch_shape)
+    leaves, treedef = jax.tree.flatten(zeros)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([scale * jax.random.normal(k, z.shape, z.dtype)
+                              for k, z in zip(keys, leaves, strict=True)])
+
+
+@pytest.fixture(scope="session", params=CELLS)
+def registered(request) -> Case:
+    """Each registered cell's float32 :class:`Case`; a new cell gets every test using it."""
+    return make_case(request.param)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def small_train_config():
+    """The training config the training tests share: tiny, so that compiling dominates."""
+    from rnnlab import train
+
+    return train.TrainConfig(seq_len=5, batch_size=8, eval_batch_size=32, learning_rate=1e-2)
+
+
+#: Steps per compiled chunk for the tests sharing ``elman_fns``: one chunk size, so the
+#: compiled training programs (one per number of seeds) are shared too.
+CHUNK = 10
+
+
+@pytest.fixture(scope="session")
+def elman_fns():
+    """``train.make_train_fns(elman(8), adding, small_train_config())``, built once; its
+    compiled chunks (one per number of seeds and chunk size) serve every test using it."""
+    from rnnlab import cells, tasks, train
+
+    return train.make_train_fns(cells.elman(8), tasks.get("adding"), small_train_config())
+
+
+# ----------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture

@@ -8,22 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import B, F, H, T, close, equal
 from flax import linen as nn
 
 import rnnlab
 from rnnlab import convert
 
-T, B, F, H = 5, 2, 3, 4
 GATES = {"lstm": 4, "gru": 3, "elman": 1}
-
-
-def _close(a, b, tol=1e-5):
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=tol, atol=tol), a, b)
-
-
-def _equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +55,13 @@ def test_flax_cells_equal_rnnlab(case, xs):
         return flax_out, rnnlab.scan(factory(H), convert.from_flax(flax_params, kind), xs)
 
     (flax_carry, flax_ys), (carry, ys) = both(flax_params)
-    _close(ys, flax_ys)
-    _close(carry, rnnlab.LSTMCarry(*flax_carry) if kind == "lstm" else flax_carry)
+    close(ys, flax_ys)
+    close(carry, rnnlab.LSTMCarry(*flax_carry) if kind == "lstm" else flax_carry)
 
     # flax -> rnnlab -> flax is the identity; a variables dict is accepted too.
     params = convert.from_flax(flax_params, kind)
-    _equal(convert.to_flax(params, kind), flax_params)
-    _equal(convert.from_flax({"params": flax_params}, kind), params)
+    equal(convert.to_flax(params, kind), flax_params)
+    equal(convert.from_flax({"params": flax_params}, kind), params)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "elman"])
@@ -89,10 +80,10 @@ def test_rnnlab_to_flax_and_back(kind, xs):
         return flax_ys, rnnlab.scan(cell, params, xs)[1], rnnlab.scan(cell, back, xs)[1]
 
     flax_ys, ys, back_ys = outputs(params, flax_params, back)
-    _close(ys, flax_ys)
-    _close(back_ys, flax_ys)
+    close(ys, flax_ys)
+    close(back_ys, flax_ys)
     if kind != "gru":
-        _equal(back, params)
+        equal(back, params)
 
 
 # ----------------------------------------------------------------------------- torch
@@ -183,13 +174,13 @@ def test_torch_two_layers_equal_reference(case, xs):
     ref_ys, (ref_h, ref_c) = torch_reference(
         sd_unprefixed(sd, "rnn."), kind, xs, num_layers=2, nonlinearity=nonlinearity
     )
-    _close(ys, ref_ys)
+    close(ys, ref_ys)
     top = carry[1]
-    _close(top.h if kind == "lstm" else top, ref_h)
+    close(top.h if kind == "lstm" else top, ref_h)
     if kind == "lstm":
-        _close(top.c, ref_c)
+        close(top.c, ref_c)
     # Layer by layer gives the same params.
-    _equal(convert.from_torch(sd, kind, layer=1, prefix="rnn."), params[1])
+    equal(convert.from_torch(sd, kind, layer=1, prefix="rnn."), params[1])
 
 
 def sd_unprefixed(sd, prefix):
@@ -204,7 +195,7 @@ def test_torch_bidirectional_layer(xs):
     _, ys = rnnlab.bidirectional(cell, cell, (fw, bw), xs)
     ref_fw, _ = torch_reference(sd, "lstm", xs)
     ref_bw, _ = torch_reference(sd, "lstm", xs, reverse=True)
-    _close(ys, np.concatenate([ref_fw, ref_bw], axis=-1))
+    close(ys, np.concatenate([ref_fw, ref_bw], axis=-1))
     with pytest.raises(ValueError, match="bidirectional"):
         convert.from_torch_stack(sd, "lstm")
 
@@ -226,18 +217,18 @@ def test_torch_round_trips(kind):
             )
             np.testing.assert_array_equal(back[f"bias_hh_l{layer}"], 0.0)
     # rnnlab -> torch -> rnnlab is the identity.
-    _equal(convert.from_torch_stack(back, kind), params)
+    equal(convert.from_torch_stack(back, kind), params)
     one = convert.to_torch(params[0], kind, layer=3, reverse=True, prefix="m.")
     assert set(one) == {
         f"m.{n}_l3_reverse" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     }
-    _equal(convert.from_torch(one, kind, layer=3, reverse=True, prefix="m."), params[0])
+    equal(convert.from_torch(one, kind, layer=3, reverse=True, prefix="m."), params[0])
 
 
 def test_torch_without_bias():
     sd = {k: v for k, v in random_state_dict("gru").items() if k.startswith("weight")}
     params = convert.from_torch(sd, "gru")
-    _equal((params.b_x, params.b_h), (np.zeros(3 * H), np.zeros(3 * H)))
+    equal((params.b_x, params.b_h), (np.zeros(3 * H), np.zeros(3 * H)))
 
 
 # ---------------------------------------------------------------------------- errors

@@ -5,19 +5,19 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import CHUNK, ROOT, small_train_config
 
-import rnnlab
 from rnnlab import distributed, experiment, tasks, train
 
-ROOT = Path(__file__).resolve().parents[1]
 ADDING = tasks.get("adding")
-SMALL = train.TrainConfig(seq_len=5, batch_size=8, eval_batch_size=32, learning_rate=1e-2)
-STEPS, CHUNK = 12, 6
+SMALL = small_train_config()
+# Two chunks of the size the other training tests use, so that the single-device
+# reference below runs programs they compile anyway (conftest's elman_fns).
+STEPS = 2 * CHUNK
 
 # Runs in a child whose XLA sees 4 CPU devices (the flag must be set before jax is imported).
 CHILD = textwrap.dedent(
@@ -26,10 +26,11 @@ CHILD = textwrap.dedent(
     import jax, numpy as np
     import rnnlab
     from rnnlab import distributed, tasks, train
+    from rnnlab.train import TrainConfig
 
     assert len(jax.devices()) == 4, jax.devices()
     task = tasks.get("adding")
-    cfg = train.TrainConfig(seq_len=5, batch_size=8, eval_batch_size=32, learning_rate=1e-2)
+    cfg = %(cfg)s
     fns = train.make_train_fns(rnnlab.elman(8), task, cfg)
     seeds = (0, 1, 2)  # not a multiple of 4: padded to 4
     state, hist = train.train(None, task, cfg, seeds, %(steps)d, chunk_size=%(chunk)d, fns=fns)
@@ -50,7 +51,7 @@ CHILD = textwrap.dedent(
     np.savez(sys.argv[1], **out)
     print(json.dumps(devices))
     """
-) % {"steps": STEPS, "chunk": CHUNK}
+) % {"steps": STEPS, "chunk": CHUNK, "cfg": repr(SMALL)}
 
 
 def _child_env(n_devices: int) -> dict:
@@ -73,19 +74,22 @@ def four_devices(tmp_path_factory):
     return dict(np.load(out)), json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_sharded_training_equals_single_device(four_devices):
+def test_sharded_training_equals_single_device(four_devices, elman_fns):
     numbers, devices = four_devices
-    # The reference: the same code on one device of this process.
-    fns = train.make_train_fns(rnnlab.elman(8), ADDING, SMALL, devices=jax.devices()[:1])
+    # The reference: the same code on this process's one device, a seed at a time.
+    assert len(elman_fns.mesh.devices.flat) == 1
     seeds = (0, 1, 2)
-    state, hist = train.train(None, ADDING, SMALL, seeds, STEPS, chunk_size=CHUNK, fns=fns)
-    ev = train.evaluate(fns, state, seeds)
-    for k in train.HISTORY_KEYS:
-        assert numbers[k].shape == (len(seeds), STEPS)
-        np.testing.assert_allclose(numbers[k], hist[k], rtol=1e-5, atol=1e-6)
-    for k, v in ev.items():
-        np.testing.assert_allclose(numbers[f"eval_{k}"], v, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(numbers["W"], state.params.readout.W, rtol=1e-5, atol=1e-6)
+    for i, seed in enumerate(seeds):
+        state, hist = train.train(None, ADDING, SMALL, (seed,), STEPS, chunk_size=CHUNK,
+                                  fns=elman_fns)
+        ev = train.evaluate(elman_fns, state, (seed,))
+        for k in train.HISTORY_KEYS:
+            assert numbers[k].shape == (len(seeds), STEPS)
+            np.testing.assert_allclose(numbers[k][i], hist[k][0], rtol=1e-5, atol=1e-6)
+        for k, v in ev.items():
+            np.testing.assert_allclose(numbers[f"eval_{k}"][i], v[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(numbers["W"][i], state.params.readout.W[0], rtol=1e-5,
+                                   atol=1e-6)
     # Really on 4 devices: the compiled chunk's outputs hold one seed per device.
     assert devices == {"loss": 4, "W": 4, "W_shard_rows": [1, 1, 1, 1]}
     np.testing.assert_array_equal(numbers["sq"], (np.arange(15.0).reshape(5, 3) ** 2).sum(-1))

@@ -1,10 +1,11 @@
 """The modern cells: LRU, minGRU, minLSTM and the orthogonal (expRNN) RNN.
 
-Oracles: scan == a Python loop over ``step``; jit == eager; float64
-finite-difference gradients; and closed forms: ``W = expm(A - A^T)`` is
-orthogonal for any A; the LRU's ``||dh_{T-1}/dh_t|| = max|lambda|^(T-1-t)``; the
-linear orthogonal RNN's carry Jacobian has every singular value 1; the min-RNNs'
-carry Jacobian is diagonal with entries in (0, 1).
+The registered variants get tests/test_cells.py's oracles (scan == a Python loop,
+jit == eager, finite differences, their numpy equations). Here: the other variants
+against the loop, and closed forms: ``W = expm(A - A^T)`` is orthogonal for any A;
+the LRU's ``||dh_{T-1}/dh_t|| = max|lambda|^(T-1-t)``; the linear orthogonal RNN's
+carry Jacobian has every singular value 1; the min-RNNs' carry Jacobian is diagonal
+with entries in (0, 1).
 """
 
 from __future__ import annotations
@@ -16,80 +17,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
+from conftest import B, F, H, T, close, loop, random_carry
 
 import rnnlab
 from rnnlab.cells.lru import eigenvalues
 from rnnlab.cells.orthogonal import recurrent_matrix
 
-T, B, F, H = 5, 2, 3, 4
-CELLS = {
-    "lru": functools.partial(rnnlab.lru, r_min=0.5),
+# Options the registry's entries do not set.
+VARIANTS = {
     "lru-output-2": functools.partial(rnnlab.lru, output_size=2),
-    "mingru": rnnlab.mingru,
-    "minlstm": rnnlab.minlstm,
-    "orthogonal-modrelu": rnnlab.orthogonal,
+    "lru-r_min-0.5": functools.partial(rnnlab.lru, r_min=0.5, max_phase=0.5),
+    "mingru-identity": functools.partial(rnnlab.mingru, candidate_activation="identity"),
+    "minlstm-identity": functools.partial(rnnlab.minlstm, candidate_activation="identity"),
     "orthogonal-identity": functools.partial(rnnlab.orthogonal, nonlinearity="identity"),
+    "orthogonal-tanh": functools.partial(rnnlab.orthogonal, nonlinearity="tanh",
+                                         recurrent_init="cayley"),
 }
-# Finite differences are the slow oracle: one variant of each cell.
-GRADIENT_CELLS = ("lru", "mingru", "minlstm", "orthogonal-modrelu")
+
+
+def _cell(name, hidden_size=H, **options):
+    """A variant above or a registered cell."""
+    if name in VARIANTS:
+        return VARIANTS[name](hidden_size, **options)
+    return rnnlab.registry.get(name, hidden_size, **options)
 
 
 def _setup(name, dtype=jnp.float32, hidden_size=H, num_steps=T, seed=0):
     k_params, k_xs, k_carry = jax.random.split(jax.random.key(seed), 3)
-    cell = CELLS[name](hidden_size, param_dtype=dtype)
+    cell = _cell(name, hidden_size, param_dtype=dtype)
     params = cell.init(k_params, F)
     xs = jax.random.normal(k_xs, (num_steps, B, F), dtype)
-    h0 = cell.initial_carry(params, (B,))
-    carry = 0.5 * jax.random.normal(k_carry, h0.shape, h0.dtype)
-    return cell, params, xs, carry
+    return cell, params, xs, random_carry(cell, params, (B,), k_carry)
 
 
-@functools.cache
-def _eager_scan(name):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variants_scan_equals_python_loop(name):
     cell, params, xs, carry = _setup(name)
-    return rnnlab.scan(cell, params, xs, carry=carry)
-
-
-@pytest.mark.parametrize("name", CELLS)
-def test_scan_matches_python_loop(name):
-    cell, params, xs, carry = _setup(name)
-    c, ys = carry, []
-    for t in range(T):
-        c, y = cell.step(params, c, xs[t])
-        ys.append(y)
-    c_scan, ys_scan = _eager_scan(name)
-    np.testing.assert_allclose(ys_scan, jnp.stack(ys), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(c_scan, c, rtol=1e-5, atol=1e-6)
+    got = jax.jit(lambda p, x, c: rnnlab.scan(cell, p, x, carry=c, mode="auto"))(
+        params, xs, carry)
+    close(got, loop(cell, params, xs, carry))
     out = 2 if name == "lru-output-2" else H
-    assert ys_scan.shape == (T, B, out) and jnp.issubdtype(ys_scan.dtype, jnp.floating)
-
-
-@pytest.mark.parametrize("name", CELLS)
-def test_jit_matches_eager(name):
-    cell, params, xs, carry = _setup(name)
-    c_jit, ys_jit = jax.jit(lambda p, x, c: rnnlab.scan(cell, p, x, carry=c))(params, xs, carry)
-    c_eager, ys_eager = _eager_scan(name)
-    np.testing.assert_allclose(ys_jit, ys_eager, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(c_jit, c_eager, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", GRADIENT_CELLS)
-def test_gradients_match_finite_differences(name, x64):
-    cell, params, xs, carry = _setup(name, jnp.float64, hidden_size=3, num_steps=3)
-    assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(params))
-    if jnp.iscomplexobj(carry):
-        carry_args = ()  # check_grads perturbs real inputs; the LRU's carry is complex
-
-        def f(params, xs):
-            return rnnlab.scan(cell, params, xs, carry=carry)[1]
-    else:
-        carry_args = (carry,)
-
-        def f(params, xs, carry):
-            return rnnlab.scan(cell, params, xs, carry=carry)[1]
-
-    check_grads(jax.jit(f), (params, xs, *carry_args), order=1, modes=("fwd", "rev"))
+    assert got[1].shape == (T, B, out) and jnp.issubdtype(got[1].dtype, jnp.floating)
 
 
 def test_lru_params_are_real_and_carry_is_complex(x64):
@@ -178,12 +146,11 @@ def test_orthogonal_linear_jacobian_has_unit_singular_values():
 
 
 def test_orthogonal_prepare_gives_the_same_step():
-    cell, params, xs, carry = _setup("orthogonal-modrelu")
+    cell, params, xs, carry = _setup("orthogonal")
     prepared = cell.prepare(params)
     assert isinstance(prepared, rnnlab.OrthogonalWeights)
-    expected = cell.step(params, carry, xs[0])
-    for a, b in zip(cell.step(prepared, carry, xs[0]), expected, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(prepared.W, recurrent_matrix(params), rtol=1e-6)
+    close(cell.step(prepared, carry, xs[0]), cell.step(params, carry, xs[0]), tol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
@@ -231,7 +198,7 @@ def test_bad_options_and_inputs_raise():
     with pytest.raises(ValueError, match="recurrent_init"):
         rnnlab.orthogonal(H, recurrent_init="orthogonal")
     for name in ("lru", "minlstm", "orthogonal-identity"):
-        cell = CELLS[name](H)
+        cell = _cell(name)
         params = cell.init(jax.random.key(0), F)
         with pytest.raises(ValueError, match="input features"):
             cell.step(params, cell.initial_carry(params), jnp.ones((F + 1,)))

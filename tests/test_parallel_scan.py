@@ -14,20 +14,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CELLS, LENGTHS, B, F, H, T, random_carry
 
 import rnnlab
 
-T, B, F, H = 4, 3, 3, 4
-PARALLEL = rnnlab.registry.names("parallel")
-LENGTHS = np.array([4, 2, 0])  # full, partial and empty sequences
+#: The registered cells with a LinearForm (tagged "parallel" or not).
+PARALLEL = tuple(n for n in CELLS if rnnlab.has_parallel_form(rnnlab.registry.get(n, H)))
+LENGTHS = np.asarray(LENGTHS)
 CONFIGS = {
     "plain": {},
     "reverse": {"reverse": True},
     "reverse-lengths": {"reverse": True, "lengths": LENGTHS},
     "batch-major-carry-lengths": {"time_axis": 1, "carry": "random", "lengths": LENGTHS},
 }
-# Every configuration in float32; in float64 (tight tolerance) the plain one and
-# the one that exercises the most, which is also the one differentiated.
+# Every configuration in float32; in float64 (tight tolerance, with -m slow) the plain
+# one and the one that exercises the most, which is also the one differentiated.
 # Compiling, not running, is the cost here: see _results.
 GRADIENT_CONFIG = "reverse-lengths"  # flips, masking and an explicit carry: all the paths
 CONFIGS_F64 = ("plain", GRADIENT_CONFIG)
@@ -40,9 +41,7 @@ def _setup(name, dtype, seed=0):
     cell = rnnlab.registry.get(name, H, param_dtype=dtype)
     params = cell.init(k_params, F)
     xs = jax.random.normal(k_xs, (T, B, F), dtype)
-    h0 = cell.initial_carry(params, (B,))
-    carry = 0.5 * jax.random.normal(k_carry, h0.shape, h0.dtype)
-    return cell, params, xs, carry
+    return cell, params, xs, random_carry(cell, params, (B,), k_carry)
 
 
 def _kwargs(config, xs, carry):
@@ -55,7 +54,8 @@ def _kwargs(config, xs, carry):
 
 
 def _dtype_param(dtype, *rest):
-    return pytest.param(dtype, *rest, id="-".join([jnp.dtype(dtype).name, *rest]))
+    marks = (pytest.mark.slow,) if dtype == jnp.float64 else ()  # float64 copies: -m slow
+    return pytest.param(dtype, *rest, id="-".join([jnp.dtype(dtype).name, *rest]), marks=marks)
 
 
 @pytest.fixture
@@ -162,10 +162,10 @@ def test_parallel_is_an_error_without_the_parallel_form():
         rnnlab.scan(cell, params, xs, mode="parallel")
     with pytest.raises(ValueError, match="mode"):
         rnnlab.scan(cell, params, xs, mode="fast")
-    # auto falls back to the sequential scan and changes nothing
-    np.testing.assert_array_equal(
-        rnnlab.scan(cell, params, xs, mode="auto")[1], rnnlab.scan(cell, params, xs)[1]
-    )
+    # auto falls back to the sequential scan and changes nothing: the same program.
+    jaxpr = {mode: str(jax.make_jaxpr(functools.partial(rnnlab.scan, cell, mode=mode))(params, xs))
+             for mode in ("auto", "sequential")}
+    assert jaxpr["auto"] == jaxpr["sequential"]
 
 
 def test_parallel_survives_underflowing_gate_products():
@@ -175,13 +175,13 @@ def test_parallel_survives_underflowing_gate_products():
     params = cell.init(jax.random.key(0), F)
     params = params._replace(b=params.b.at[:H].set(40.0))  # a_t = sigmoid(-40) ~ 4e-18
     xs = jax.random.normal(jax.random.key(1), (8, B, F))
-    y_seq = jax.jit(lambda p: rnnlab.scan(cell, p, xs)[1])(params)
 
     def loss(p):
         ys = rnnlab.scan(cell, p, xs, mode="parallel")[1]
         return jnp.sum(ys), ys
 
-    grads, y_par = jax.jit(jax.grad(loss, has_aux=True))(params)
+    y_seq, (grads, y_par) = jax.jit(lambda p: (rnnlab.scan(cell, p, xs)[1],
+                                               jax.grad(loss, has_aux=True)(p)))(params)
     np.testing.assert_allclose(y_par, y_seq, **TOL[jnp.float32])
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
@@ -195,7 +195,7 @@ def test_min_rnns_match_log_space_closed_form(name, x64):
     a, b = cell.coefficients(params, xs)  # b > 0: g keeps the candidate positive
     a_star = jnp.cumsum(jnp.log(a), axis=0)
     log_h = a_star + jax.lax.cumlogsumexp(jnp.log(b) - a_star, axis=0)
-    _, ys = _results(name, jnp.float64)["plain", "parallel"]
+    _, ys = jax.jit(functools.partial(rnnlab.scan, cell, mode="parallel"))(params, xs)
     np.testing.assert_allclose(ys, jnp.exp(log_h), rtol=1e-12)
 
 
@@ -217,5 +217,7 @@ def test_linear_cell_builder_derives_step():
     params = cell.init(None, 1)
     xs = jnp.ones((4, 1))
     expected = 2.0 * np.array([1.0, 1.9, 2.71, 3.439])[:, None] * np.ones((1, 2))
-    for mode in ("sequential", "parallel"):
-        np.testing.assert_allclose(rnnlab.scan(cell, params, xs, mode=mode)[1], expected, 1e-6)
+    both = jax.jit(lambda p, x: [rnnlab.scan(cell, p, x, mode=mode)[1]
+                                 for mode in ("sequential", "parallel")])(params, xs)
+    for ys in both:
+        np.testing.assert_allclose(ys, expected, 1e-6)

@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import B
 
 from rnnlab import tasks
-
-B = 6
 
 
 @pytest.mark.parametrize("name", tasks.names())

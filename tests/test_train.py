@@ -4,23 +4,13 @@
 import jax
 import numpy as np
 import pytest
+from conftest import CHUNK, equal, small_train_config
 
 import rnnlab
 from rnnlab import tasks, train
 
 ADDING = tasks.get("adding")
-SMALL = train.TrainConfig(seq_len=5, batch_size=8, eval_batch_size=32, learning_rate=1e-2)
-
-
-@pytest.fixture(scope="module")
-def elman_fns():
-    """Compiled once, shared by the tests below."""
-    return train.make_train_fns(rnnlab.elman(8), ADDING, SMALL)
-
-
-def _leaves_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+SMALL = small_train_config()
 
 
 def test_lstm_learns_adding_T10():
@@ -37,9 +27,11 @@ def test_lstm_learns_adding_T10():
 
 
 def test_vmapped_seeds_equal_separate_runs(elman_fns):
-    both, h_both = train.train(None, ADDING, SMALL, (3, 7), 20, chunk_size=10, fns=elman_fns)
+    both, h_both = train.train(None, ADDING, SMALL, (3, 7), 2 * CHUNK, chunk_size=CHUNK,
+                               fns=elman_fns)
     for i, seed in enumerate((3, 7)):
-        one, h_one = train.train(None, ADDING, SMALL, (seed,), 20, chunk_size=10, fns=elman_fns)
+        one, h_one = train.train(None, ADDING, SMALL, (seed,), 2 * CHUNK, chunk_size=CHUNK,
+                                 fns=elman_fns)
         for k in train.HISTORY_KEYS:
             np.testing.assert_allclose(h_both[k][i], h_one[k][0], rtol=1e-5, atol=1e-7)
         jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b[0], rtol=1e-5,
@@ -47,22 +39,23 @@ def test_vmapped_seeds_equal_separate_runs(elman_fns):
 
 
 def test_resume_from_checkpoint_is_exact(elman_fns, tmp_path):
-    full, h_full = train.train(None, ADDING, SMALL, (0, 1), 30, chunk_size=10, fns=elman_fns)
+    full, h_full = train.train(None, ADDING, SMALL, (0, 1), 3 * CHUNK, chunk_size=CHUNK,
+                               fns=elman_fns)
 
-    def kill_after_20(step, state, history):
-        if step == 20:
+    def kill_after_two_chunks(step, state, history):
+        if step == 2 * CHUNK:
             raise train.TrainInterrupted
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(train.TrainInterrupted):
-        train.train(None, ADDING, SMALL, (0, 1), 30, chunk_size=10, checkpoint_dir=ckpt,
-                    callback=kill_after_20, fns=elman_fns)
+        train.train(None, ADDING, SMALL, (0, 1), 3 * CHUNK, chunk_size=CHUNK, checkpoint_dir=ckpt,
+                    callback=kill_after_two_chunks, fns=elman_fns)
     steps_seen = []
-    resumed, h_resumed = train.train(None, ADDING, SMALL, (0, 1), 30, chunk_size=10,
+    resumed, h_resumed = train.train(None, ADDING, SMALL, (0, 1), 3 * CHUNK, chunk_size=CHUNK,
                                      checkpoint_dir=ckpt, fns=elman_fns,
                                      callback=lambda step, *_: steps_seen.append(step))
-    assert steps_seen == [30]  # only the last chunk ran again
-    _leaves_equal(full, resumed)
+    assert steps_seen == [3 * CHUNK]  # only the last chunk ran again
+    equal(jax.tree.map(np.asarray, full), jax.tree.map(np.asarray, resumed))
     for k in train.HISTORY_KEYS:
         np.testing.assert_array_equal(h_full[k], h_resumed[k])
 
@@ -74,7 +67,7 @@ def test_divergence_is_recorded_not_raised(elman_fns):
     W = state.params.readout.W.at[1].set(1e30)  # seed 1's outputs, hence loss, overflow
     state = state._replace(params=state.params._replace(readout=state.params.readout._replace(W=W)))
     start = jax.tree.map(np.asarray, state.params)
-    state, logs = elman_fns.train_chunk(state, seeds, 10)
+    state, logs = elman_fns.train_chunk(state, seeds, CHUNK)
     np.testing.assert_array_equal(state.diverged, [False, True])
     np.testing.assert_array_equal(state.diverged_step, [-1, 0])
     assert np.all(np.isfinite(logs["loss"][0])) and not np.isfinite(logs["loss"][1, 0])

@@ -8,13 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import LENGTHS, B, F, H, T, close
 from flax import linen as nn
 from flax import nnx
 
 import rnnlab
 from rnnlab.wrappers import NNXRNN, LinenCell, LinenRNN
-
-T, B, F, H = 5, 3, 2, 4
 
 
 class H0Params(NamedTuple):
@@ -45,35 +44,39 @@ def xs():
     return np.random.default_rng(1).standard_normal((T, B, F)).astype(np.float32)
 
 
-def _close(a, b):
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6), a, b)
-
-
 # ----------------------------------------------------------------------------- linen
 
 
 @pytest.mark.parametrize("cell", [rnnlab.lstm(H), learned_h0_cell(H)], ids=["lstm", "user"])
 def test_linen_rnn_equals_scan(cell, xs):
     rnn = LinenRNN(cell, return_carry=True)
-    variables = jax.jit(rnn.init)(jax.random.key(0), xs)
+    variables = rnn.init(jax.random.key(0), xs)
     assert set(variables) == {"params"} and set(variables["params"]) == {"cell"}
     params = variables["params"]["cell"]
-    _close(rnn.apply(variables, xs), rnnlab.scan(cell, params, xs))
-
+    want = jax.eval_shape(lambda k: cell.init(k, F), jax.random.key(0))
+    assert jax.tree.structure(params) == jax.tree.structure(want)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(lambda s: s.shape, want)
     # Options pass through: batch-major, lengths, reverse, given carry, ys only.
     xs_bm = jnp.swapaxes(xs, 0, 1)
-    lengths = jnp.array([5, 2, 0])
     carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry(params, (B,)))
-    kw = dict(carry=carry, lengths=lengths, reverse=True)
-    got = LinenRNN(cell, time_axis=1).apply(variables, xs_bm, **kw)
-    _close(got, rnnlab.scan(cell, params, xs_bm, time_axis=1, **kw)[1])
+    kw = dict(carry=carry, lengths=jnp.asarray(LENGTHS), reverse=True)
+
+    @jax.jit
+    def both(variables):
+        params = variables["params"]["cell"]
+        return ((rnn.apply(variables, xs), rnnlab.scan(cell, params, xs)),
+                (LinenRNN(cell, time_axis=1).apply(variables, xs_bm, **kw),
+                 rnnlab.scan(cell, params, xs_bm, time_axis=1, **kw)[1]))
+
+    for got, want in both(variables):
+        close(got, want, tol=1e-6)
 
 
 def test_linen_under_jit_and_flax_rnn(xs):
     cell = learned_h0_cell(H)
     rnn = LinenRNN(cell)
     variables = rnn.init(jax.random.key(0), xs)
-    _close(jax.jit(rnn.apply)(variables, xs), rnn.apply(variables, xs))
+    close(jax.jit(rnn.apply)(variables, xs), rnn.apply(variables, xs))
 
     # The per-step adapter inside flax's own nn.RNN (batch-major by default);
     # its carry must be the learned h0, read from the params.
@@ -81,7 +84,7 @@ def test_linen_under_jit_and_flax_rnn(xs):
     xs_bm = jnp.swapaxes(xs, 0, 1)
     fv = flax_rnn.init(jax.random.key(0), xs_bm)
     params = fv["params"]["cell"]["cell"]
-    _close(flax_rnn.apply(fv, xs_bm), rnnlab.scan(cell, params, xs_bm, time_axis=1))
+    close(flax_rnn.apply(fv, xs_bm), rnnlab.scan(cell, params, xs_bm, time_axis=1))
 
 
 def test_linen_errors(xs):
@@ -139,12 +142,12 @@ def test_nnx_rnn_equals_scan(cell, xs):
     params = rnn.param_values()
     # Only the params are state: the cell and the options are static.
     assert len(jax.tree.leaves(nnx.state(rnn))) == len(jax.tree.leaves(params))
-    _close(rnn(xs), rnnlab.scan(cell, params, xs))
-    _close(rnn.initial_carry((B,)), cell.initial_carry(params, (B,)))
+    close(rnn(xs), rnnlab.scan(cell, params, xs))
+    close(rnn.initial_carry((B,)), cell.initial_carry(params, (B,)))
 
     lengths = jnp.array([5, 2, 0])
     kw = dict(lengths=lengths, reverse=True)
-    _close(rnn(xs, return_carry=False, **kw), rnnlab.scan(cell, params, xs, **kw)[1])
+    close(rnn(xs, return_carry=False, **kw), rnnlab.scan(cell, params, xs, **kw)[1])
 
 
 def test_nnx_under_jit_and_given_params(xs):
@@ -153,8 +156,8 @@ def test_nnx_under_jit_and_given_params(xs):
     rnn = NNXRNN(cell, F, rngs=None, params=params, time_axis=1)
     xs_bm = jnp.swapaxes(xs, 0, 1)
     expected = rnnlab.scan(cell, params, xs_bm, time_axis=1)[1]
-    _close(nnx.jit(lambda m, x: m(x))(rnn, xs_bm), expected)
-    _close(rnn.param_values(), params)
+    close(nnx.jit(lambda m, x: m(x))(rnn, xs_bm), expected)
+    close(rnn.param_values(), params)
     with pytest.raises(ValueError, match="rngs"):
         NNXRNN(cell, F, rngs=None)
 
@@ -193,8 +196,8 @@ def test_linen_cell_keeps_the_checkpoint_policy(xs):
     variables = flax_rnn.init(jax.random.key(0), xs)
     params = variables["params"]["cell"]["cell"]
 
-    def per_step(loss, p):
-        _, vjp = jax.vjp(loss, p)
+    def per_step(loss, p):  # traced, not run
+        vjp = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], p)
         return sorted(a.shape[1:] for a in jax.tree.leaves(vjp) if a.shape[:1] == (T,))
 
     def flax_loss(v):
@@ -205,7 +208,9 @@ def test_linen_cell_keeps_the_checkpoint_policy(xs):
 
     assert per_step(flax_loss, variables) == per_step(scan_loss, params)
     assert per_step(scan_loss, params) == sorted([(B, F), (B, 4 * H)] + [(B, H)] * 3)
-    _close(jax.grad(flax_loss)(variables)["params"]["cell"]["cell"], jax.grad(scan_loss)(params))
+    got, want = jax.jit(lambda v: (jax.grad(flax_loss)(v)["params"]["cell"]["cell"],
+                                   jax.grad(scan_loss)(v["params"]["cell"]["cell"])))(variables)
+    close(got, want, tol=1e-6)
 
 
 def test_the_wrappers_pass_the_derivative_on(xs, monkeypatch):
@@ -225,14 +230,27 @@ def test_the_wrappers_pass_the_derivative_on(xs, monkeypatch):
     def scan_loss(p):
         return jnp.sum(rnnlab.scan(cell, p, xs, derivative="autodiff")[1] ** 2)
 
-    calls.clear()
-    linen_grad = jax.grad(lambda v: jnp.sum(module.apply(v, xs) ** 2))(variables)
-    assert calls
-    _close(linen_grad["params"]["cell"], jax.grad(scan_loss)(params))
-    _close(module.apply(variables, xs), rnnlab.scan(cell, params, xs, derivative="autodiff")[1])
     rnn = NNXRNN(cell, input_size=F, rngs=None, params=params, derivative="fused")
+
+    @jax.jit
+    def run(variables):
+        params = variables["params"]["cell"]
+        counts = [len(calls)]
+        linen = jax.value_and_grad(lambda v: jnp.sum(module.apply(v, xs) ** 2))(variables)
+        counts.append(len(calls))
+        nnx_ys = rnn(xs)
+        counts.append(len(calls))
+        assert counts == [0, 1, 2], counts  # the fused path traced once by each wrapper
+        return {"linen": (linen[0], linen[1]["params"]["cell"]), "nnx": nnx_ys,
+                "linen_ys": module.apply(variables, xs),
+                "scan": jax.value_and_grad(scan_loss)(params),
+                "scan_ys": rnnlab.scan(cell, params, xs, derivative="autodiff")[1]}
+
     calls.clear()
-    np.testing.assert_array_equal(rnn(xs), module.apply(variables, xs))
-    assert len(calls) == 2
+    out = run(variables)
+    assert len(calls) == 3
+    close(out["linen"], out["scan"], tol=1e-5)
+    close(out["linen_ys"], out["scan_ys"], tol=1e-6)
+    close(out["nnx"], out["scan_ys"], tol=1e-6)
     with pytest.raises(ValueError, match="derivative must be one of"):
         LinenRNN(cell, derivative="by-hand").init(jax.random.key(0), xs)

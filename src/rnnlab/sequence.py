@@ -104,7 +104,7 @@ def scan(
         carry = cell.initial_carry(params, batch_shape)
     else:
         check_carry(cell, params, carry, batch_shape)
-    if path != "parallel" and num_steps:
+    if num_steps:
         _check_step_keeps_carry_dtype(cell, params, carry, xs)
     if lengths is not None:
         lengths = _check_lengths(lengths, batch_shape, num_steps)
