@@ -46,8 +46,9 @@ class LongRangeConfig:
         default=(50, 100, 200, 400), metadata={"help": "sequence lengths T"})
     seeds: int = dataclasses.field(default=3, metadata={"help": "seeds per (cell, T), vmapped"})
     hidden_size: int = 32
-    steps: int = dataclasses.field(default=1500, metadata={"help": "training steps per run"})
-    batch_size: int = 32
+    train_steps: int = dataclasses.field(
+        default=1500, metadata={"help": "training steps per run"})
+    train_batch_size: int = dataclasses.field(default=32, metadata={"help": "batch per step"})
     optimizer: str = dataclasses.field(default="adam", metadata={"help": "adam|adamw|rmsprop|sgd"})
     learning_rate: float = 2e-3
     clip_norm: float | None = dataclasses.field(
@@ -62,10 +63,13 @@ class LongRangeConfig:
     compare_clip_T: int = 100
     compare_clip_norm: float = 1.0
 
+    # The flags this script had before both experiments named training steps alike.
+    FLAG_ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "train_steps": ("--steps",), "train_batch_size": ("--batch-size",)}
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "small": dict(lengths=(25, 50, 100)),
         "quick": dict(cells=("elman-tanh", "lstm"), lengths=(10,), seeds=2, hidden_size=8,
-                      steps=40, batch_size=8, eval_batch_size=64, chunk_size=20,
+                      train_steps=40, train_batch_size=8, eval_batch_size=64, chunk_size=20,
                       compare_clip_T=10),
     }
 
@@ -80,11 +84,11 @@ class LongRangeConfig:
             if T < min_T:
                 raise ValueError(
                     f"lengths must be >= {min_T} for task {self.task!r}; received {T}.")
-        for name in ("seeds", "hidden_size", "batch_size", "eval_batch_size", "chunk_size"):
+        for name in ("seeds", "hidden_size", "train_batch_size", "eval_batch_size", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; received {getattr(self, name)}.")
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0; received {self.steps}.")
+        if self.train_steps < 0:
+            raise ValueError(f"train_steps must be >= 0; received {self.train_steps}.")
         train.TrainConfig(optimizer=self.optimizer, learning_rate=self.learning_rate,
                           clip_norm=self.clip_norm)  # validates those fields
 
@@ -107,7 +111,7 @@ def run_one(cfg: LongRangeConfig, spec: dict[str, Any], run_dir: experiment.RunD
     """Trains one (cell, T, clip) spec over all seeds; writes its history and result."""
     task, T, seeds = tasks.get(cfg.task), spec["T"], list(range(cfg.seeds))
     tcfg = train.TrainConfig(
-        seq_len=T, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+        seq_len=T, batch_size=cfg.train_batch_size, optimizer=cfg.optimizer,
         learning_rate=cfg.learning_rate, clip_norm=spec["clip_norm"],
         eval_batch_size=cfg.eval_batch_size)
     cell = rnnlab.registry.get(spec["cell"], cfg.hidden_size)
@@ -115,11 +119,11 @@ def run_one(cfg: LongRangeConfig, spec: dict[str, Any], run_dir: experiment.RunD
     rel = f"runs/{spec['key']}"
     start = time.perf_counter()
     state, history = train.train(
-        cell, task, tcfg, seeds, cfg.steps, chunk_size=cfg.chunk_size,
+        cell, task, tcfg, seeds, cfg.train_steps, chunk_size=cfg.chunk_size,
         checkpoint_dir=run_dir.path / rel / "checkpoint", callback=callback, fns=fns)
     ev = train.evaluate(fns, state, seeds)
     rows = [dict(step=t, seed=s, **{k: float(history[k][i, t]) for k in train.HISTORY_KEYS})
-            for i, s in enumerate(seeds) for t in range(cfg.steps)]
+            for i, s in enumerate(seeds) for t in range(cfg.train_steps)]
     run_dir.write_csv(f"{rel}/history.csv", rows, ["step", "seed", *train.HISTORY_KEYS])
     metric, diverged = ev["metric"].astype(float), ev["diverged"].astype(bool)
     # A diverged seed is a failure whatever its frozen params score: it did not finish training.
@@ -162,12 +166,12 @@ def run(cfg: LongRangeConfig, run_dir: experiment.RunDir,
     a kill would. Returns one result dict per spec.
     """
     specs, results = run_specs(cfg), []
-    with experiment.progress(EXPERIMENT, total=len(specs) * cfg.steps) as advance:
+    with experiment.progress(EXPERIMENT, total=len(specs) * cfg.train_steps) as advance:
         for spec in specs:
             key, seen = spec["key"], [0]
             done = run_dir.read_json(f"runs/{key}/result.json")
             if done is not None:
-                advance(cfg.steps, note=f"{key} (done)")
+                advance(cfg.train_steps, note=f"{key} (done)")
                 results.append(done)
                 continue
 
@@ -178,7 +182,7 @@ def run(cfg: LongRangeConfig, run_dir: experiment.RunDir,
                     callback(step, state, history)
 
             results.append(run_one(cfg, spec, run_dir, on_chunk))
-            advance(cfg.steps - seen[0], note=key)
+            advance(cfg.train_steps - seen[0], note=key)
     summarize(cfg, run_dir, results)
     run_dir.mark_complete()
     return results
@@ -196,8 +200,8 @@ def summarize(cfg: LongRangeConfig, run_dir: experiment.RunDir, results: list[di
         _plot(cfg, run_dir, results)
     task = tasks.get(cfg.task)
     experiment.print_table(
-        f"{cfg.task}: final {task.metric_name} (mean over {cfg.seeds} seeds) after {cfg.steps} "
-        f"steps; baseline {task.baseline_formula}",
+        f"{cfg.task}: final {task.metric_name} (mean over {cfg.seeds} seeds) after "
+        f"{cfg.train_steps} steps; baseline {task.baseline_formula}",
         ["cell", "T", "clip", task.metric_name, "baseline", "success", "left baseline",
          "diverged"], [[r[c] for c in cols] for r in rows])
 
@@ -230,7 +234,7 @@ def _plot(cfg: LongRangeConfig, run_dir: experiment.RunDir, results: list[dict])
 
 def _history(run_dir: experiment.RunDir, key: str, column: str, cfg: LongRangeConfig):
     """``[S, steps]`` from a run's history.csv (NaN where it holds none)."""
-    out = np.full((cfg.seeds, cfg.steps), np.nan)
+    out = np.full((cfg.seeds, cfg.train_steps), np.nan)
     for row in run_dir.read_csv(f"runs/{key}/history.csv"):
         v = row[column]
         out[int(row["seed"]), int(row["step"])] = float(v) if v not in ("", "None") else np.nan

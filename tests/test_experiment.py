@@ -17,6 +17,7 @@ class Cfg:
 
     cells: tuple[str, ...] = dataclasses.field(default=("lstm",), metadata={"help": "cells"})
     steps: int = dataclasses.field(default=10, metadata={"help": "train steps"})
+    train_steps: int = 4
     clip: float | None = None
     plot: bool = True
 
@@ -25,6 +26,8 @@ class Cfg:
     def __post_init__(self):
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0; received {self.steps}.")
+        if self.train_steps < 1:
+            raise ValueError(f"train_steps must be >= 1; received {self.train_steps}.")
 
 
 def test_cli_is_generated_from_fields():
@@ -39,13 +42,31 @@ def test_cli_is_generated_from_fields():
     assert experiment.parse_config(Cfg, ["--cells", "[lstm, gru]"])[0].cells == ("lstm", "gru")
 
 
-def test_cli_errors_name_the_option(capsys):
+def test_cli_errors_name_the_flag_the_user_typed(capsys):
+    # The config validates its fields (train_steps); the user typed --train-steps.
+    with pytest.raises(SystemExit) as e:
+        experiment.parse_config(Cfg, ["--train-steps", "-3"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--train-steps must be >= 1; received -3" in err and "train_steps" not in err
     with pytest.raises(SystemExit):
         experiment.parse_config(Cfg, ["--steps", "-1"])
-    assert "steps must be >= 0" in capsys.readouterr().err
+    err = capsys.readouterr().err  # "steps" inside "--train-steps" is left alone
+    assert "--steps must be >= 0" in err
     with pytest.raises(SystemExit):
-        experiment.parse_config(Cfg, ["--steps", "many"])
-    assert "--steps expects int" in capsys.readouterr().err
+        experiment.parse_config(Cfg, ["--train-steps", "abc"])
+    err = capsys.readouterr().err
+    assert "--train-steps expects an integer; received 'abc'" in err
+    assert "--train_steps" not in err
+
+
+def test_help_lists_replot_when_the_script_supports_it(capsys):
+    with pytest.raises(SystemExit):
+        experiment.parse_config(Cfg, ["--help"], replot=True)
+    assert "--replot RESULTS_FOLDER" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        experiment.parse_config(Cfg, ["--help"])
+    assert "--replot" not in capsys.readouterr().out
 
 
 def test_run_dir_refuses_other_config_and_resumes_same(tmp_path):
@@ -99,11 +120,97 @@ def test_csv_and_npz_round_trip_through_a_run_dir(tmp_path):
     assert not run.file("b.npz").exists()
 
 
-def test_replot_folder_is_recognised_before_the_config_options():
+def test_replot_folder_is_recognised_before_the_config_options(tmp_path, capsys):
     assert experiment.replot_folder(["--quick"], prog="x.py") is None
-    assert experiment.replot_folder(["--replot", "some/run"], prog="x.py") == Path("some/run")
-    with pytest.raises(SystemExit, match="usage: x.py --replot RESULTS_FOLDER"):
+    experiment.RunDir(tmp_path / "run", Cfg())
+    assert experiment.replot_folder(["--replot", str(tmp_path / "run")], prog="x.py") == (
+        tmp_path / "run"
+    )
+    assert experiment.replot_folder([f"--replot={tmp_path / 'run'}"], prog="x.py") == (
+        tmp_path / "run"
+    )
+    with pytest.raises(SystemExit) as e:
         experiment.replot_folder(["--replot"], prog="x.py")
+    assert e.value.code == 2 and "usage: x.py --replot RESULTS_FOLDER" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_replot_of_a_wrong_folder_is_one_line_and_status_2(tmp_path, capsys, make):
+    folder = tmp_path / "nonexistent"
+    if make == "empty":
+        folder.mkdir()
+    with pytest.raises(SystemExit) as e:
+        experiment.replot_folder(["--replot", str(folder)], prog="x.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("x.py: error: --replot: ") and str(folder) in err
+    assert ("is not a folder" if make == "missing" else "holds no config.json") in err
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from rnnlab import experiment
+from test_experiment import Cfg
+experiment.RunDir({folder!r}, Cfg())
+Path({ready!r}).write_text("ready")
+time.sleep(60)
+"""
+
+
+def test_a_live_run_keeps_its_folder_and_a_killed_one_is_taken_over(tmp_path):
+    # Two real processes: a re-queued job must not write into a folder a live run
+    # writes, yet resuming after kill -9 must still work.
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    folder, ready = tmp_path / "run", tmp_path / "ready"
+    code = _HOLDER.format(tests=str(Path(__file__).parent), folder=str(folder), ready=str(ready))
+    other = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert other.poll() is None, "the holder process died"
+            assert time.monotonic() < deadline, "the holder process did not start"
+            time.sleep(0.05)
+        with pytest.raises(experiment.FolderBusyError) as e:
+            experiment.RunDir(folder, Cfg())
+        message = str(e.value)
+        assert f"pid {other.pid}" in message and socket.gethostname() in message
+        assert "started 20" in message  # the holder's start time, ISO format
+        with pytest.raises(SystemExit, match="is being written by a live run"):
+            experiment.open_run_dir("x", Cfg(), experiment.build_parser(Cfg).parse_args(
+                ["--out", str(folder)]))
+    finally:
+        os.kill(other.pid, signal.SIGKILL)
+        other.wait()
+    run = experiment.RunDir(folder, Cfg())  # the dead run's claim is taken over
+    assert run.read_json("config.json") is not None
+    assert f"pid {os.getpid()}" in (folder / experiment.CLAIM_FILE).read_text()
+    experiment.RunDir(folder, Cfg())  # the same process may reopen its own folder
+    run.mark_complete()
+
+
+def test_progress_without_a_terminal_prints_plain_periodic_lines():
+    import io
+
+    out = io.StringIO()
+    with experiment.progress("sweep", total=4, disable=None, interval=0.0, stream=out) as adv:
+        adv(note="lstm")
+        adv(3)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "sweep: 0/4, started"
+    assert lines[1].startswith("sweep: 1/4, elapsed 0:00, eta ") and lines[1].endswith(", lstm")
+    assert lines[-1].startswith("sweep: 4/4, elapsed 0:00, eta 0:00")
+    quiet = io.StringIO()
+    with experiment.progress("sweep", total=2, disable=True, stream=quiet) as adv:
+        adv(2)
+    assert quiet.getvalue() == ""
 
 
 def test_save_figure_can_close_the_figure(tmp_path):

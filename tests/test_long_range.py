@@ -22,7 +22,7 @@ SCRIPT = ROOT / "experiments" / "long_range.py"
 def test_long_range_records_divergence_as_an_outcome(tmp_path, capsys, load_script):
     lr = load_script("experiments/long_range.py")
     cfg = lr.LongRangeConfig(cells=("elman-relu",), lengths=(4,), seeds=2, hidden_size=4,
-                             steps=4, batch_size=4, eval_batch_size=8, chunk_size=4,
+                             train_steps=4, train_batch_size=4, eval_batch_size=8, chunk_size=4,
                              optimizer="sgd", learning_rate=1e30, clip_norm=None,
                              compare_clip_cell=None)
     run_dir = experiment.RunDir(tmp_path / "run", cfg)
@@ -119,14 +119,15 @@ def test_experiment_config_errors(load_script):
         lr.LongRangeConfig(cells=("lstm", "no-such-cell"))
     with pytest.raises(ValueError, match="lengths must be >= 2"):
         lr.LongRangeConfig(lengths=(1,))
-    with pytest.raises(ValueError, match="steps must be >= 0"):
-        lr.LongRangeConfig(steps=-5)
+    with pytest.raises(ValueError, match="train_steps must be >= 0"):
+        lr.LongRangeConfig(train_steps=-5)
     with pytest.raises(SystemExit):  # a usage error from the command line
         lr.main(["--steps", "-5", "--out", "unused"])
 
 
 TINY = ["--cells", "elman-tanh", "--lengths", "4", "--seeds", "2", "--hidden-size", "4",
-        "--steps", "30", "--chunk-size", "10", "--batch-size", "4", "--eval-batch-size", "16",
+        "--train-steps", "30", "--chunk-size", "10", "--train-batch-size", "4",
+        "--eval-batch-size", "16",
         "--compare-clip-cell", "none"]
 
 

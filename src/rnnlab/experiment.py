@@ -30,6 +30,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -210,7 +211,8 @@ def _parser_for(tp: Any, name: str):
                 return tp(text)
             except ValueError:
                 raise argparse.ArgumentTypeError(
-                    f"--{name} expects {tp.__name__}; received {text!r}"
+                    f"{_flag(name)} expects {'an' if tp is int else 'a'} {_KIND[tp]}; "
+                    f"received {text!r}"
                 ) from None
         return text
 
@@ -222,7 +224,26 @@ def _parse_bool(text: str, name: str) -> bool:
         return True
     if text.lower() in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"--{name} expects true/false; received {text!r}")
+    raise argparse.ArgumentTypeError(f"{_flag(name)} expects true/false; received {text!r}")
+
+
+_KIND = {int: "integer", float: "number", str: "string"}
+
+
+def _flag(field_name: str) -> str:
+    """The command-line flag of a config field: ``train_steps`` -> ``--train-steps``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _name_flags(message: str, field_names: Iterable[str]) -> str:
+    """Rewrites config field names in a validation message as the flags the user typed.
+
+    A config's ``__post_init__`` speaks of its fields (``seeds must be >= 1``);
+    on the command line the user typed ``--seeds``.
+    """
+    for name in sorted(field_names, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", _flag(name), message)
+    return message
 
 
 def _fmt_default(value: Any) -> str:
@@ -231,11 +252,15 @@ def _fmt_default(value: Any) -> str:
     return str(value)
 
 
-def build_parser(config_cls: type, *, prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    config_cls: type, *, prog: str | None = None, replot: bool = False
+) -> argparse.ArgumentParser:
     """An argparse parser whose options are the fields of the dataclass ``config_cls``.
 
     The parser also has ``--preset NAME`` (keys of ``config_cls.PRESETS``, applied
-    before explicit options), ``--out DIR`` and ``--overwrite``.
+    before explicit options), ``--out DIR`` and ``--overwrite``, and with
+    ``replot=True`` lists ``--replot RESULTS_FOLDER`` (which :func:`replot_folder`
+    handles before the config is parsed).
     """
     presets: Mapping[str, Mapping[str, Any]] = getattr(config_cls, "PRESETS", {})
     parser = argparse.ArgumentParser(
@@ -244,15 +269,19 @@ def build_parser(config_cls: type, *, prog: str | None = None) -> argparse.Argum
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     group = parser.add_argument_group("config (each field of the config dataclass)")
+    # Former flag names a config still accepts, e.g. {"train_steps": ("--steps",)}.
+    aliases: Mapping[str, Sequence[str]] = getattr(config_cls, "FLAG_ALIASES", {})
     for f in dataclasses.fields(config_cls):
         tp = _field_type(config_cls, f)
         base, _ = _unwrap_optional(tp)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
+        also = tuple(aliases.get(f.name, ()))
         if base is bool:
             group.add_argument(
                 flag,
+                *also,
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
@@ -264,6 +293,7 @@ def build_parser(config_cls: type, *, prog: str | None = None) -> argparse.Argum
                 kind = "comma-separated list"
             group.add_argument(
                 flag,
+                *also,
                 dest=f.name,
                 type=_parser_for(tp, f.name),
                 default=None,
@@ -293,6 +323,14 @@ def build_parser(config_cls: type, *, prog: str | None = None) -> argparse.Argum
     run.add_argument(
         "--out", default=None, help="results folder (default: a name made from the config)"
     )
+    if replot:
+        run.add_argument(
+            "--replot",
+            metavar="RESULTS_FOLDER",
+            default=None,
+            help="redraw the figures of an earlier run from the numbers saved in its folder, "
+            "and exit (give it alone: the config is read from the folder's config.json)",
+        )
     run.add_argument(
         "--overwrite",
         action="store_true",
@@ -308,22 +346,41 @@ def replot_folder(argv: Sequence[str] | None = None, *, prog: str) -> Path | Non
     options (it reads ``config.json`` from the folder).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] != ["--replot"]:
+    if "--replot" not in argv and not any(a.startswith("--replot=") for a in argv):
         return None
-    if len(argv) != 2:
-        raise SystemExit(f"usage: {prog} --replot RESULTS_FOLDER")
-    return Path(argv[1])
+    if len(argv) == 1 and argv[0].startswith("--replot="):
+        argv = ["--replot", argv[0].split("=", 1)[1]]
+    if len(argv) != 2 or argv[0] != "--replot":
+        _usage_error(prog, "--replot takes one results folder and no other option "
+                     f"(usage: {prog} --replot RESULTS_FOLDER); received {' '.join(argv)!r}")
+    folder = Path(argv[1])
+    if not (folder / "config.json").is_file():
+        what = "is not a folder" if not folder.is_dir() else "holds no config.json"
+        _usage_error(prog, f"--replot: {str(folder)!r} {what}; expected the results folder "
+                     "of an earlier run (it holds config.json and the saved numbers)")
+    return folder
+
+
+def _usage_error(prog: str, message: str) -> typing.NoReturn:
+    """Exits with status 2 and one line, as argparse does for a bad option."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse_config(
-    config_cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None
+    config_cls: type[C],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    replot: bool = False,
 ) -> tuple[C, argparse.Namespace]:
     """Builds a ``config_cls`` from the command line. Returns ``(config, namespace)``.
 
     Invalid values raise through the config's ``__post_init__`` and are reported
-    as a usage error naming the option.
+    as a usage error (exit status 2) naming the flag (``--train-steps``), not the
+    field. ``replot=True`` lists ``--replot`` in ``--help``.
     """
-    parser = build_parser(config_cls, prog=prog)
+    parser = build_parser(config_cls, prog=prog, replot=replot)
     ns = parser.parse_args(argv)
     values: dict[str, Any] = {}
     preset = getattr(ns, "preset", None)
@@ -336,7 +393,7 @@ def parse_config(
     try:
         config = config_cls(**values)
     except (ValueError, TypeError) as e:
-        parser.error(str(e))
+        parser.error(_name_flags(str(e), [f.name for f in dataclasses.fields(config_cls)]))
     return config, ns
 
 
@@ -345,6 +402,68 @@ def parse_config(
 
 class ConfigMismatchError(RuntimeError):
     """Raised when a results folder already holds a run with a different config."""
+
+
+class FolderBusyError(RuntimeError):
+    """Raised when a live run (this host or another) is writing the results folder."""
+
+
+CLAIM_FILE = ".claim"
+
+
+def _claim(folder: Path):
+    """Claims ``folder`` for this process; returns the open claim file (keep it open).
+
+    The claim is an exclusive ``flock`` on ``folder/.claim``, which also records
+    who holds it (host, pid, start time). The kernel drops the lock when its
+    process ends, however it ends, ``kill -9`` included, so a claim left by a dead
+    run is simply taken over: the file's text only serves the refusal message.
+    """
+    import fcntl
+    import socket
+
+    key = str(folder.resolve())
+    if key in _HELD:  # this process already holds it (a resumed call in the same process)
+        return _HELD[key]
+    path = folder / CLAIM_FILE
+    f = open(path, "a+")  # noqa: SIM115 -- held open for the life of the process
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise FolderBusyError(
+            f"results folder {folder} is being written by a live run ({holder}); wait for "
+            "it to finish, stop it, or choose another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    f.write(f"host {socket.gethostname()}, pid {os.getpid()}, started {started}\n")
+    f.flush()
+    _HELD[key] = f
+    return f
+
+
+_HELD: dict[str, Any] = {}
+
+
+def release_claim(folder: str | os.PathLike) -> None:
+    """Gives up this process's claim on ``folder`` (a no-op if it holds none)."""
+    f = _HELD.pop(str(Path(folder).resolve()), None)
+    if f is not None:
+        f.close()
+
+
+def _empty(folder: Path, *, keep: str) -> None:
+    for child in folder.iterdir():
+        if child.name == keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 class RunDir:
@@ -388,24 +507,23 @@ class RunDir:
             return
         cfg_json = to_jsonable(config)
         cfg_file = self.path / "config.json"
+        self.path.mkdir(parents=True, exist_ok=True)
+        _claim(self.path)  # before anything is compared or emptied
         if cfg_file.exists():
             old = json.loads(cfg_file.read_text())
-            if old != cfg_json:
-                if not overwrite:
-                    diff = {
-                        k: (old.get(k), cfg_json.get(k))
-                        for k in set(old) | set(cfg_json)
-                        if old.get(k) != cfg_json.get(k)
-                    }
-                    raise ConfigMismatchError(
-                        f"results folder {self.path} holds a run with a different config "
-                        f"(field: (existing, requested) = {diff}); choose another --out or "
-                        "pass --overwrite to replace it."
-                    )
-                shutil.rmtree(self.path)
-            elif overwrite:
-                shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+            if old != cfg_json and not overwrite:
+                diff = {
+                    k: (old.get(k), cfg_json.get(k))
+                    for k in set(old) | set(cfg_json)
+                    if old.get(k) != cfg_json.get(k)
+                }
+                raise ConfigMismatchError(
+                    f"results folder {self.path} holds a run with a different config "
+                    f"(field: (existing, requested) = {diff}); choose another --out or "
+                    "pass --overwrite to replace it."
+                )
+            if overwrite:
+                _empty(self.path, keep=CLAIM_FILE)
         atomic_write_json(cfg_file, cfg_json)
         env = environment_info()
         env["argv"] = sys.argv
@@ -425,10 +543,12 @@ class RunDir:
         return (self.path / COMPLETE_MARKER).exists()
 
     def mark_complete(self) -> None:
+        """Writes ``COMPLETE`` and gives up the folder's claim (another run may now resume it)."""
         if self.is_writer:
             atomic_write_text(
                 self.path / COMPLETE_MARKER, datetime.datetime.now().isoformat() + "\n"
             )
+            release_claim(self.path)
 
     def write_json(self, name: str, obj: Any) -> Path:
         return atomic_write_json(self.path / name, obj) if self.is_writer else self.path / name
@@ -485,12 +605,29 @@ def default_run_name(experiment: str, config: Any, root: str | os.PathLike = "re
 
 
 @contextlib.contextmanager
-def progress(description: str, total: int, *, disable: bool | None = None) -> Iterator[Any]:
-    """A rich progress bar with ETA; yields ``advance(n=1, note=None)``.
+def progress(
+    description: str,
+    total: int,
+    *,
+    disable: bool | None = None,
+    interval: float = 10.0,
+    stream: Any = None,
+) -> Iterator[Any]:
+    """Progress with ETA; yields ``advance(n=1, note=None)``.
 
-    Disabled automatically when stderr is not a terminal (CI logs stay clean)
-    unless ``disable=False``.
+    On a terminal (stderr is a tty) a rich progress bar. Otherwise, as in a batch
+    job whose output goes to a file, plain lines on stdout every ``interval``
+    seconds and at the end (``description: done/total, elapsed, eta, note``), so
+    a log shows that the run is alive and how far it is. ``disable=True`` prints
+    nothing.
     """
+    if disable:
+        yield lambda n=1, note=None: None
+        return
+    if disable is None and not sys.stderr.isatty():
+        with _plain_progress(description, total, interval, stream or sys.stdout) as advance:
+            yield advance
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -500,8 +637,6 @@ def progress(description: str, total: int, *, disable: bool | None = None) -> It
         TimeRemainingColumn,
     )
 
-    if disable is None:
-        disable = not sys.stderr.isatty()
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -511,13 +646,50 @@ def progress(description: str, total: int, *, disable: bool | None = None) -> It
         TimeRemainingColumn(),
         TextColumn("{task.fields[note]}"),
     )
-    with Progress(*columns, disable=disable, transient=False) as bar:
+    with Progress(*columns, transient=False) as bar:
         task = bar.add_task(description, total=total, note="")
 
         def advance(n: int = 1, note: str | None = None) -> None:
             bar.update(task, advance=n, **({"note": note} if note is not None else {}))
 
         yield advance
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@contextlib.contextmanager
+def _plain_progress(description: str, total: int, interval: float, stream) -> Iterator[Any]:
+    import time
+
+    start = last = time.monotonic()
+    state = {"done": 0, "note": ""}
+
+    def line(now: float) -> str:
+        done, elapsed = state["done"], now - start
+        eta = _duration(elapsed / done * (total - done)) if 0 < done < total else "?"
+        eta = "0:00" if done >= total else eta
+        note = f", {state['note']}" if state["note"] else ""
+        return (f"{description}: {done}/{total}, elapsed {_duration(elapsed)}, eta {eta}{note}")
+
+    print(f"{description}: 0/{total}, started", file=stream, flush=True)
+
+    def advance(n: int = 1, note: str | None = None) -> None:
+        nonlocal last
+        state["done"] += n
+        if note is not None:
+            state["note"] = note
+        now = time.monotonic()
+        if now - last >= interval:
+            last = now
+            print(line(now), file=stream, flush=True)
+
+    yield advance
+    print(line(time.monotonic()), file=stream, flush=True)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -538,5 +710,5 @@ def open_run_dir(experiment: str, config: Any, namespace: argparse.Namespace) ->
     path = namespace.out or default_run_name(experiment, config)
     try:
         return RunDir(path, config, overwrite=namespace.overwrite)
-    except ConfigMismatchError as e:
+    except (ConfigMismatchError, FolderBusyError) as e:
         raise SystemExit(f"error: {e}") from None
