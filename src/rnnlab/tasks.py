@@ -77,6 +77,9 @@ class Task(NamedTuple):
       success: ``success(outputs, batch) -> bool scalar``, whether the batch is
         solved by the criterion above.
       references: the papers the task comes from.
+      evaluation: a fixed held-out :class:`Batch` (time-major, every sequence of
+        the test split) that :mod:`rnnlab.train` scores instead of sampling
+        fresh sequences, or None for synthetic tasks (see :func:`from_arrays`).
     """
 
     name: str
@@ -97,6 +100,7 @@ class Task(NamedTuple):
     metric: Callable[[Array, Batch], Array]
     success: Callable[[Array, Batch], Array]
     references: str = ""
+    evaluation: Batch | None = None
 
     def improves_on_baseline(self, value: float, T: int, margin: float = 0.1) -> bool:
         """Whether ``value`` beats ``baseline(T)`` by more than ``margin`` (relative)."""

@@ -66,6 +66,8 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 HISTORY_KEYS = ("loss", "grad_norm", "param_norm")
 
+SCHEDULES = ("constant", "cosine")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -77,8 +79,16 @@ class TrainConfig:
       optimizer: a key of :data:`OPTIMIZERS` (``adam``, ``adamw``, ``rmsprop``, ``sgd``).
       learning_rate: the optimizer's step size.
       clip_norm: ``optax.clip_by_global_norm`` threshold, or None for no clipping.
-      eval_batch_size: fresh sequences for :func:`evaluate`-style scoring.
+      eval_batch_size: fresh sequences for :func:`evaluate`-style scoring; for a
+        task with a fixed held-out set (``task.evaluation``, e.g.
+        :func:`rnnlab.tasks.from_arrays`) the whole set is scored, this many
+        sequences at a time.
       unroll: passed to ``jax.lax.scan`` over time.
+      schedule: ``"constant"`` (the default) or ``"cosine"``: the learning rate
+        decays from ``learning_rate`` to 0 over ``decay_steps`` steps
+        (``optax.cosine_decay_schedule``).
+      decay_steps: the cosine schedule's length (usually the run's number of
+        steps); required by ``schedule="cosine"``.
     """
 
     seq_len: int = 100
@@ -88,6 +98,8 @@ class TrainConfig:
     clip_norm: float | None = 1.0
     eval_batch_size: int = 512
     unroll: int = 1
+    schedule: str = "constant"
+    decay_steps: int | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -102,6 +114,13 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0; received {self.learning_rate!r}.")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 or None; received {self.clip_norm!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}; received {self.schedule!r}.")
+        d = self.decay_steps
+        if self.schedule == "cosine" and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise ValueError(
+                f"decay_steps must be a positive int when schedule='cosine'; received {d!r}."
+            )
 
 
 class Readout(NamedTuple):
@@ -167,7 +186,8 @@ class TrainFns(NamedTuple):
         ``logs[k] [S, num_steps]`` for ``k`` in :data:`HISTORY_KEYS`; jitted,
         ``num_steps`` static.
       evaluate: ``evaluate(params, seeds) -> dict`` of ``[S]`` arrays ``loss``,
-        ``metric``, ``success`` on ``cfg.eval_batch_size`` fresh sequences.
+        ``metric``, ``success`` on ``cfg.eval_batch_size`` fresh sequences, or on
+        the task's fixed held-out set ``task.evaluation`` when it has one.
       apply: ``apply(params, inputs, lengths=None) -> outputs`` for one seed.
       optimizer: the optax transformation.
       mesh: the one-axis ``("seeds",)`` device mesh ``train_chunk`` and
@@ -184,8 +204,12 @@ class TrainFns(NamedTuple):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """``optax.chain(clip_by_global_norm(cfg.clip_norm), OPTIMIZERS[cfg.optimizer](lr))``."""
-    opt = OPTIMIZERS[cfg.optimizer](cfg.learning_rate)
+    """``optax.chain(clip_by_global_norm(cfg.clip_norm), OPTIMIZERS[cfg.optimizer](lr))``,
+    ``lr`` a constant or a cosine schedule (``cfg.schedule``)."""
+    lr = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(cfg.learning_rate, cfg.decay_steps)
+    opt = OPTIMIZERS[cfg.optimizer](lr)
     if cfg.clip_norm is None:
         return opt
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
@@ -294,9 +318,13 @@ def make_train_fns(
         return state, logs  # logs[k]: [num_steps]
 
     def evaluate_one(params: ModelParams, seed: Array) -> dict:
-        _, _, k_eval = seed_keys(seed)
-        batch = task.sample(k_eval, cfg.eval_batch_size, cfg.seq_len)
-        outputs = apply(params, batch.inputs, batch.lengths)
+        if task.evaluation is not None:  # a fixed held-out set: score all of it
+            batch = task.evaluation
+            outputs = _apply_in_chunks(apply, params, batch, cfg.eval_batch_size, task.per_step)
+        else:
+            _, _, k_eval = seed_keys(seed)
+            batch = task.sample(k_eval, cfg.eval_batch_size, cfg.seq_len)
+            outputs = apply(params, batch.inputs, batch.lengths)
         return {
             "loss": task.loss(outputs, batch),
             "metric": task.metric(outputs, batch),
@@ -317,6 +345,25 @@ def make_train_fns(
     )
     evaluate = jax.jit(jax.vmap(evaluate_one), in_shardings=by_seed, out_shardings=by_seed)
     return TrainFns(init, train_chunk, evaluate, apply, optimizer, mesh)
+
+
+def _apply_in_chunks(apply, params, batch: Batch, chunk: int, per_step: bool) -> Array:
+    """``apply`` over a whole time-major batch, ``chunk`` sequences at a time (``lax.map``),
+    so a large held-out set never holds every sequence's hidden states at once."""
+    n = batch.inputs.shape[1]
+    chunk = min(chunk, n)
+    pad = -n % chunk
+    inputs = jnp.pad(batch.inputs, ((0, 0), (0, pad), (0, 0)))  # [T, n + pad, F]
+    lengths = None if batch.lengths is None else jnp.pad(batch.lengths, (0, pad),
+                                                         constant_values=1)
+    k = (n + pad) // chunk
+    xs = jnp.moveaxis(inputs.reshape(inputs.shape[0], k, chunk, -1), 1, 0)  # [k, T, chunk, F]
+    ls = None if lengths is None else lengths.reshape(k, chunk)
+    out = jax.lax.map(lambda a: apply(params, a[0], a[1]), (xs, ls))
+    if per_step:  # [k, T, chunk, O] -> [T, n, O]
+        out = jnp.moveaxis(out, 0, 1).reshape(out.shape[1], k * chunk, -1)
+        return out[:, :n]
+    return out.reshape(k * chunk, -1)[:n]  # [k, chunk, O] -> [n, O]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -425,7 +472,8 @@ def train(
 
 
 def evaluate(fns: TrainFns, state: TrainState, seeds: Sequence[int]) -> dict[str, np.ndarray]:
-    """Scores each seed's params on fresh sequences: ``[S]`` arrays ``loss``, ``metric``,
+    """Scores each seed's params on fresh sequences (or on ``task.evaluation``, the task's
+    held-out set, when it has one): ``[S]`` arrays ``loss``, ``metric``,
     ``success``, plus ``diverged`` and ``diverged_step`` from the state."""
     seeds_np = _check_seeds(seeds)
     mesh = fns.mesh if fns.mesh is not None else distributed.seed_mesh()
