@@ -52,6 +52,7 @@ from rnnlab.cells import orthogonal as orthogonal
 from rnnlab.cells import stack as stack
 from rnnlab.checks import checking as checking
 from rnnlab.checks import set_debug_checks as set_debug_checks
+from rnnlab.modes.newton import NewtonOptions as NewtonOptions
 from rnnlab.sequence import bidirectional as bidirectional
 from rnnlab.sequence import scan as scan
 

@@ -27,10 +27,13 @@ from rnnlab.cell import (
     prepare_params,
 )
 from rnnlab.modes import fused, parallel, sequential
-from rnnlab.modes.masking import reading_order, valid_steps
+from rnnlab.modes import newton as newton_mode
+from rnnlab.modes.masking import reading_order, reading_order_resets, valid_steps
+from rnnlab.modes.newton import NewtonInfo, NewtonOptions
 from rnnlab.validation import check_carry, check_cell, check_choice, check_float_input
 
-MODES = ("sequential", "parallel", "auto")
+MODES = ("sequential", "parallel", "auto", "newton", "quasi-newton")
+NEWTON_MODES = ("newton", "quasi-newton")
 DERIVATIVES = ("auto", "autodiff", "fused")
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
@@ -48,7 +51,10 @@ def scan(
     mode: str = "sequential",
     remat: int | bool = False,
     derivative: str = "auto",
-) -> tuple[Carry, Any]:
+    resets: Array | None = None,
+    newton: NewtonOptions | None = None,
+    return_info: bool = False,
+) -> tuple[Carry, Any] | tuple[Carry, Any, NewtonInfo]:
     r"""Runs ``cell`` over the time axis of ``xs``.
 
     .. math:: (c_t, y_t) = \mathrm{step}(\theta, c_{t-1}, x_t), \quad t = 0 \dots T-1
@@ -68,8 +74,12 @@ def scan(
       unroll: passed to ``jax.lax.scan``.
       mode: ``"sequential"`` (one ``jax.lax.scan`` over ``step``, any cell),
         ``"parallel"`` (``jax.lax.associative_scan`` over the cell's
-        :class:`rnnlab.LinearForm`), or ``"auto"`` (parallel where the cell has
-        that form). The two agree to rounding.
+        :class:`rnnlab.LinearForm`), ``"auto"`` (parallel where the cell has
+        that form), or ``"newton"`` / ``"quasi-newton"`` (any cell: the T steps
+        solved as one system by Newton iterations, each a parallel linear
+        recurrence, with full or diagonal Jacobians of ``step``;
+        :mod:`rnnlab.modes.newton`). All agree to rounding; the Newton modes
+        once converged, which the default iteration cap guarantees.
       remat: checkpointed backpropagation through time: False, an int ``k``
         (the backward pass keeps the carry every ``k`` steps and recomputes each
         chunk), or True (``k = ceil(sqrt(T))``). Same values and gradients.
@@ -80,9 +90,21 @@ def scan(
         loop), or ``"auto"`` (``"fused"`` on GPUs for cells with
         that form and no ``remat``, where it was measured faster; else
         ``"autodiff"``). The two agree to rounding.
+      resets: optional booleans ``[T, *batch]`` (time at ``time_axis``, like
+        ``xs``): where ``resets[t]`` is true, the step at ``t`` starts from the
+        initial carry (``carry``, or ``cell.initial_carry``) instead of the
+        previous carry, so each sequence is cut into segments scanned
+        independently; no value or gradient crosses a reset. With ``reverse``
+        the segments are the same, each read from its end. Resets at padded
+        steps are ignored.
+      newton: a :class:`rnnlab.NewtonOptions` (or a dict of its fields) for the
+        Newton modes: tolerance, iteration cap, damping, what to do on failure.
+      return_info: Newton modes only: also return a :class:`rnnlab.modes.newton.NewtonInfo`
+        (iterations made, final residual, converged).
 
     Returns:
-      ``(final_carry, ys)``, ``ys`` with the time axis at ``time_axis``.
+      ``(final_carry, ys)``, ``ys`` with the time axis at ``time_axis``;
+      ``(final_carry, ys, info)`` with ``return_info=True``.
 
     Raises:
       TypeError: ``cell`` lacks the protocol, ``xs`` is not real floating, or
@@ -94,10 +116,19 @@ def scan(
     check_cell(cell)
     remat = _check_remat(remat)
     path = _path(cell, mode, derivative, remat)
+    if path in NEWTON_MODES:
+        newton_options = newton_mode.check_options(newton)
+    elif newton is not None or return_info:
+        raise ValueError(
+            f"newton= and return_info= apply to mode='newton' or 'quasi-newton'; received "
+            f"them with mode={mode!r}."
+        )
     xs = jnp.asarray(xs)
     check_float_input(xs, "xs")
     checks.check_finite_args("scan", xs=xs, params=params, carry=carry)  # opt-in
     time_axis = _check_time_axis(time_axis, xs)
+    if resets is not None:
+        resets = jnp.moveaxis(_check_resets(resets, xs.shape[:-1], time_axis), time_axis, 0)
     xs = jnp.moveaxis(xs, time_axis, 0)
     num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
     if carry is None:
@@ -109,23 +140,35 @@ def scan(
     if lengths is not None:
         lengths = _check_lengths(lengths, batch_shape, num_steps)
     valid = None if lengths is None else valid_steps(lengths, num_steps)
+    if resets is not None:
+        if reverse:
+            resets = reading_order_resets(resets, lengths)
+        if valid is not None:
+            resets = resets & valid  # padding is padding: it never restarts the carry
     if reverse:
         xs = reading_order(xs, lengths)
     # Loop-invariant work on the params (e.g. a matrix exponential), done once here:
     # inside the loop its derivative would be transposed at every step.
     params = prepare_params(cell, params)
 
+    info = None
     if path == "parallel":
-        carry, ys = parallel.run(linear_form(cell), params, carry, xs, valid)
+        carry, ys = parallel.run(linear_form(cell), params, carry, xs, valid, resets)
     elif path == "fused":
-        carry, ys = fused.run(affine_form(cell), params, carry, xs, valid, unroll=unroll)
+        carry, ys = fused.run(affine_form(cell), params, carry, xs, valid, unroll=unroll,
+                              resets=resets)
+    elif path in NEWTON_MODES:
+        carry, ys, info = newton_mode.run(cell.step, params, carry, xs, valid, resets,
+                                     quasi=path == "quasi-newton", options=newton_options)
     else:
         step = checkpointed_step(cell)
-        carry, ys = sequential.run(step, params, carry, xs, valid, unroll=unroll, remat=remat)
+        carry, ys = sequential.run(step, params, carry, xs, valid, unroll=unroll, remat=remat,
+                                   resets=resets)
 
     if reverse:
         ys = jax.tree.map(lambda y: reading_order(y, lengths), ys)
-    return carry, jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
+    ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
+    return (carry, ys, info) if return_info else (carry, ys)
 
 
 def bidirectional(
@@ -142,6 +185,8 @@ def bidirectional(
     mode: str = "sequential",
     remat: int | bool = False,
     derivative: str = "auto",
+    resets: Array | None = None,
+    newton: NewtonOptions | None = None,
 ) -> tuple[tuple[Carry, Carry], Any]:
     r"""A bidirectional layer: ``forward`` reads the sequence left to right,
     ``backward`` right to left (each sequence from its own last valid step when
@@ -152,7 +197,8 @@ def bidirectional(
     Args:
       forward, backward: cells (may be the same cell object with separate params).
       params: ``(forward_params, backward_params)``.
-      xs, lengths, time_axis, unroll, mode, remat, derivative: as in :func:`scan`.
+      xs, lengths, time_axis, unroll, mode, remat, derivative, resets, newton: as in
+        :func:`scan` (with ``resets``, both directions read the same segments).
       carry: ``(forward_carry, backward_carry)`` or None for the initial carries.
       merge: ``"concat"`` (last axis, forward first), ``"sum"``, ``"mul"``,
         ``"ave"``, or None to return the pair ``(y_forward, y_backward)``
@@ -172,7 +218,7 @@ def bidirectional(
         )
     c_fw, c_bw = (None, None) if carry is None else carry
     kwargs = dict(lengths=lengths, time_axis=time_axis, unroll=unroll, mode=mode, remat=remat,
-                  derivative=derivative)
+                  derivative=derivative, resets=resets, newton=newton)
     c_fw, y_fw = scan(forward, params[0], xs, carry=c_fw, **kwargs)
     c_bw, y_bw = scan(backward, params[1], xs, carry=c_bw, reverse=True, **kwargs)
     if merge is None:
@@ -201,6 +247,18 @@ def _path(cell: Any, mode: str, derivative: str, remat: int | bool) -> str:
             f"itself, such as lru, mingru, minlstm; see rnnlab.LinearForm); received "
             f"{type(cell).__name__} without one. Use mode='sequential' or mode='auto'."
         )
+    if mode in NEWTON_MODES:
+        if derivative == "fused":
+            raise ValueError(
+                f"derivative='fused' applies to the sequential path; received it with "
+                f"mode={mode!r}, whose derivative is its own (the implicit-function theorem)."
+            )
+        if remat is not False:
+            raise ValueError(
+                f"remat applies to the sequential path; received remat={remat!r} with "
+                f"mode={mode!r}, whose backward pass keeps T Jacobians and no chunks."
+            )
+        return mode
     if mode == "parallel" or (mode == "auto" and has_parallel_form(cell)):
         if derivative == "fused":
             raise ValueError(
@@ -225,6 +283,21 @@ def _path(cell: Any, mode: str, derivative: str, remat: int | bool) -> str:
     if derivative == "auto" and has_affine and remat is False and jax.default_backend() == "gpu":
         return "fused"
     return "sequential"
+
+
+def _check_resets(resets: Any, shape: tuple[int, ...], time_axis: int) -> Array:
+    resets = jnp.asarray(resets)
+    if resets.dtype != jnp.bool_:
+        raise TypeError(
+            f"resets must be a boolean array (True where a step starts from the initial "
+            f"carry); received dtype {resets.dtype}."
+        )
+    if resets.shape != tuple(shape):
+        raise ValueError(
+            f"resets must have the shape of xs without its feature axis, {tuple(shape)} "
+            f"(time at time_axis={time_axis}, like xs); received shape {resets.shape}."
+        )
+    return resets
 
 
 def _check_remat(remat: Any) -> int | bool:

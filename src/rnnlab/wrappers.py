@@ -44,7 +44,8 @@ def _input_size(xs: Any) -> int:
     return shape[-1]
 
 
-def _run(module: Any, params: Params, xs, carry, lengths, reverse, return_carry) -> Any:
+def _run(module: Any, params: Params, xs, carry, lengths, reverse, return_carry,
+         resets=None) -> Any:
     """:func:`rnnlab.scan` with a wrapper's options, call-time overrides first (both wrappers)."""
     final_carry, ys = scan(
         module.cell,
@@ -52,6 +53,7 @@ def _run(module: Any, params: Params, xs, carry, lengths, reverse, return_carry)
         xs,
         carry=carry,
         lengths=lengths,
+        resets=resets,
         reverse=module.reverse if reverse is None else reverse,
         time_axis=module.time_axis,
         unroll=module.unroll,
@@ -97,6 +99,7 @@ class LinenRNN(nn.Module):
         lengths: Array | None = None,
         reverse: bool | None = None,
         return_carry: bool | None = None,
+        resets: Array | None = None,
     ) -> Any:
         """Runs the cell over ``xs``.
 
@@ -104,6 +107,8 @@ class LinenRNN(nn.Module):
           xs: inputs ``[T, *batch, F]`` (time at ``time_axis``).
           carry: initial carry; ``cell.initial_carry(params, batch_shape)`` if None.
           lengths: optional ``[*batch]`` valid lengths (see :func:`rnnlab.scan`).
+          resets: optional booleans shaped like ``xs`` without its feature axis:
+            where true the step starts from the initial carry (see :func:`rnnlab.scan`).
           reverse: overrides the attribute.
           return_carry: overrides the attribute.
 
@@ -112,7 +117,7 @@ class LinenRNN(nn.Module):
         """
         check_cell(self.cell)
         params = self.param("cell", self.cell.init, _input_size(xs))
-        return _run(self, params, xs, carry, lengths, reverse, return_carry)
+        return _run(self, params, xs, carry, lengths, reverse, return_carry, resets)
 
 
 class LinenCell(nn.RNNCellBase):
@@ -229,9 +234,11 @@ class NNXRNN(nnx.Module):
         lengths: Array | None = None,
         reverse: bool | None = None,
         return_carry: bool | None = None,
+        resets: Array | None = None,
     ) -> Any:
         """Runs the cell over ``xs``; arguments and result as :meth:`LinenRNN.__call__`."""
-        return _run(self, self.param_values(), xs, carry, lengths, reverse, return_carry)
+        return _run(self, self.param_values(), xs, carry, lengths, reverse, return_carry,
+                    resets)
 
 
 def _is_variable(x: Any) -> bool:

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.extend.core import Literal
 
 from rnnlab.cell import AffineForm, Array, Carry, Params
-from rnnlab.modes.masking import keep_valid, zero_invalid
+from rnnlab.modes.masking import keep_valid, restart, zero_invalid
 from rnnlab.validation import add_bias
 
 
@@ -47,12 +47,20 @@ def run(
     valid: Array | None,
     *,
     unroll: int | bool = 1,
+    resets: Array | None = None,
 ) -> tuple[Carry, Any]:
-    """The form scanned with whole-sequence matmuls and derivative (see :mod:`rnnlab.modes`)."""
+    """The form scanned with whole-sequence matmuls and derivative (see :mod:`rnnlab.modes`).
+
+    ``resets [T, *batch]`` (optional, already False at invalid steps): where
+    true, the step starts from ``carry`` instead of the previous carry.
+    """
     masked = valid is not None
     if not masked:
         valid = jnp.ones(xs.shape[:-1], bool)
-    return _scan(form, masked, unroll, params, carry, xs, valid)
+    has_resets = resets is not None
+    if not has_resets:
+        resets = jnp.zeros(xs.shape[:-1], bool)
+    return _scan(form, (masked, has_resets), unroll, params, carry, xs, valid, resets)
 
 
 class _Maps(NamedTuple):
@@ -138,24 +146,28 @@ def _zero_rows(xs: Array, carry: Carry, form: AffineForm) -> tuple[Array, Array]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _scan(form, masked, unroll, params, carry, xs, valid):
+def _scan(form, flags, unroll, params, carry, xs, valid, resets):
+    masked, has_resets = flags
     maps = _maps(form, params, *_zero_rows(xs, carry, form))
 
     def body(c, step_inputs):
-        x, v = step_inputs
+        x, v, r = step_inputs
+        if has_resets:
+            c = restart(r, carry, c)
         g = _preactivation(maps, x, form.hidden(c), bias=True)
         new_c, y = form.pointwise(jax.tree.unflatten(maps.treedef, g), c)
         if masked:
             new_c, y = keep_valid(v, new_c, c), zero_invalid(v, y)
         return new_c, y
 
-    return jax.lax.scan(body, carry, (xs, valid), unroll=unroll)
+    return jax.lax.scan(body, carry, (xs, valid, resets), unroll=unroll)
 
 
 @_scan.defjvp
-def _scan_jvp(form, masked, unroll, primals, tangents):
-    params, carry, xs, valid = primals
-    d_params, d_carry, d_xs, _ = tangents
+def _scan_jvp(form, flags, unroll, primals, tangents):
+    masked, has_resets = flags
+    params, carry, xs, valid, resets = primals
+    d_params, d_carry, d_xs, _, _ = tangents
     maps = _maps(form, params, *_zero_rows(xs, carry, form))
     # The forward loop also returns, per step, the residuals of the pointwise
     # part's linearisation (gate values and their derivatives), so that the
@@ -163,7 +175,9 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
     linear_pointwise = []
 
     def body(c, step_inputs):
-        x, v = step_inputs
+        x, v, r = step_inputs
+        if has_resets:
+            c = restart(r, carry, c)
         h = form.hidden(c)
         g = jax.tree.unflatten(maps.treedef, _preactivation(maps, x, h, bias=True))
         (new_c, y), lin = jax.linearize(form.pointwise, g, c)
@@ -175,7 +189,9 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
             new_c, y = keep_valid(v, new_c, c), zero_invalid(v, y)
         return new_c, (y, h, closed.consts)
 
-    final, (ys, hs_prev, residuals) = jax.lax.scan(body, carry, (xs, valid), unroll=unroll)
+    final, (ys, hs_prev, residuals) = jax.lax.scan(
+        body, carry, (xs, valid, resets), unroll=unroll
+    )
     lin_jaxpr, out_tree = linear_pointwise[-1]
 
     # Everything that does not depend on the previous step's tangent, for all
@@ -193,7 +209,9 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
     ]
 
     def tangent_body(dc, step_inputs):
-        d_g, res, v = step_inputs
+        d_g, res, v, r = step_inputs
+        if has_resets:
+            dc = restart(r, d_carry, dc)
         d_h_part = _preactivation(maps, None, form.hidden(dc), bias=False)
         d_g = [d if dh is None else d + dh for d, dh in zip(d_g, d_h_part, strict=True)]
         flat = jax.core.eval_jaxpr(lin_jaxpr, res, *d_g, *jax.tree.leaves(dc))
@@ -203,7 +221,7 @@ def _scan_jvp(form, masked, unroll, primals, tangents):
         return new_dc, dy
 
     d_final, d_ys = jax.lax.scan(
-        tangent_body, d_carry, (d_g_fixed, residuals, valid), unroll=unroll
+        tangent_body, d_carry, (d_g_fixed, residuals, valid, resets), unroll=unroll
     )
     return (final, ys), (d_final, d_ys)
 

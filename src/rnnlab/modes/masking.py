@@ -47,3 +47,28 @@ def reading_order(x: Array, lengths: Array | None) -> Array:
     t = jnp.arange(x.shape[0]).reshape((-1,) + (1,) * lengths.ndim)  # [T, 1...]
     idx = jnp.where(t < lengths[None], lengths[None] - 1 - t, t)  # [T, *batch]
     return jnp.take_along_axis(x, expand(idx, x), axis=0)
+
+
+def restart(resets: Array | None, initial: Any, carry: Any) -> Any:
+    """``initial`` where ``resets [*batch]``, ``carry`` elsewhere, leaf by leaf.
+
+    The carry a step starts from: at a reset the sequence begins again from the
+    initial carry, so nothing before the reset reaches the steps after it (nor
+    their gradients anything before it).
+    """
+    if resets is None:
+        return carry
+    return jax.tree.map(lambda i, c: jnp.where(expand(resets, c), i, c), initial, carry)
+
+
+def reading_order_resets(resets: Array, lengths: Array | None) -> Array:
+    """The resets of a reversed read, in reading order.
+
+    Read backwards, each segment (a reset starts one) is read from its last
+    step to its first, so a backward read restarts at each segment's last step:
+    step t ends a segment when step t + 1 starts the next. The last valid step
+    ends the last segment; it comes first in reading order, where the scan
+    starts from the initial carry anyway.
+    """
+    ends = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], axis=0)
+    return reading_order(ends, lengths)

@@ -22,15 +22,27 @@ from rnnlab.modes.masking import expand, zero_invalid
 
 
 def run(
-    form: LinearForm, params: Params, h0: Array, xs: Array, valid: Array | None
+    form: LinearForm,
+    params: Params,
+    h0: Array,
+    xs: Array,
+    valid: Array | None,
+    resets: Array | None = None,
 ) -> tuple[Array, Any]:
-    """All steps of the linear recurrence at once (see :mod:`rnnlab.modes`).
+    r"""All steps of the linear recurrence at once (see :mod:`rnnlab.modes`).
 
     Invalid steps get :math:`a_t = 1, b_t = 0`, so the carry passes through them
-    unchanged, exactly as in the sequential path.
+    unchanged, exactly as in the sequential path. A reset at step t (``resets
+    [T, *batch]``, already False at invalid steps) is a zero coefficient: the
+    step reads the initial state instead of the previous one,
+    :math:`h_t = 0 \cdot h_{t-1} + (a_t h_0 + b_t)`.
     """
     a, b = form.coefficients(params, xs)
     a = jnp.broadcast_to(a, b.shape)
+    if resets is not None:
+        r = expand(resets, a)
+        b = jnp.where(r, a * h0[None] + b, b)
+        a = jnp.where(r, jnp.zeros_like(a), a)
     if valid is not None:
         a = jnp.where(expand(valid, a), a, jnp.ones_like(a))
         b = jnp.where(expand(valid, b), b, jnp.zeros_like(b))

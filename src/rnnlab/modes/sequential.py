@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnlab.cell import Array, Carry, Params
-from rnnlab.modes.masking import keep_valid, zero_invalid
+from rnnlab.modes.masking import keep_valid, restart, zero_invalid
 
 
 def run(
@@ -22,6 +22,7 @@ def run(
     *,
     unroll: int | bool = 1,
     remat: int | bool = False,
+    resets: Array | None = None,
 ) -> tuple[Carry, Any]:
     """``jax.lax.scan`` of ``step`` over ``xs [T, *batch, F]`` (see :mod:`rnnlab.modes`).
 
@@ -31,7 +32,19 @@ def run(
       unroll: passed to ``jax.lax.scan``.
       remat: False, True (chunks of ``ceil(sqrt(T))`` steps) or a chunk length:
         see :func:`rnnlab.scan`.
+      resets: optional ``[T, *batch]`` booleans (already False at invalid steps):
+        where true, the step starts from ``carry`` instead of the previous carry.
     """
+    if resets is not None:
+        initial = carry
+
+        def body(c, inputs):
+            x, v, r = inputs
+            c = restart(r, initial, c)
+            new_c, y = step(params, c, x)
+            return keep_valid(v, new_c, c), zero_invalid(v, y)
+
+        return _loop(body, carry, (xs, valid, resets), unroll=unroll, remat=remat)
     if valid is None:
         return _loop(lambda c, x: step(params, c, x), carry, xs, unroll=unroll, remat=remat)
 
