@@ -232,6 +232,24 @@ def _plot(cfg: LongRangeConfig, run_dir: experiment.RunDir, results: list[dict])
         run_dir.save_figure(fig, "grad_norm_clipping", close=True)
 
 
+def replot(folder) -> None:
+    """Redraws a results folder's figures from its summary.json and histories."""
+    run_dir = experiment.RunDir.existing(folder)
+    saved = dict(run_dir.config)
+    for old, new in (("steps", "train_steps"), ("batch_size", "train_batch_size")):
+        if old in saved:  # a folder written before the flags were renamed
+            saved[new] = saved.pop(old)
+    fields = {f.name: f for f in dataclasses.fields(LongRangeConfig)}
+    cfg = LongRangeConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in saved.items() if k in fields})
+    results = run_dir.read_json("summary.json")
+    if results is None:
+        print(f"long_range.py: error: --replot: {folder} holds no summary.json (the run has "
+              "not finished; re-run its command to resume it)", file=sys.stderr)
+        raise SystemExit(2)
+    _plot(cfg, run_dir, results)
+
+
 def _history(run_dir: experiment.RunDir, key: str, column: str, cfg: LongRangeConfig):
     """``[S, steps]`` from a run's history.csv (NaN where it holds none)."""
     out = np.full((cfg.seeds, cfg.train_steps), np.nan)
@@ -243,7 +261,12 @@ def _history(run_dir: experiment.RunDir, key: str, column: str, cfg: LongRangeCo
 
 def main(argv: list[str] | None = None, callback: Callable | None = None) -> experiment.RunDir:
     distributed.maybe_initialize_distributed()
-    cfg, ns = experiment.parse_config(LongRangeConfig, argv, prog="long_range.py")
+    folder = experiment.replot_folder(argv, prog="long_range.py")
+    if folder is not None:
+        replot(folder)
+        print(f"redrew the figures in {folder}")
+        return experiment.RunDir.existing(folder)
+    cfg, ns = experiment.parse_config(LongRangeConfig, argv, prog="long_range.py", replot=True)
     run_dir = experiment.open_run_dir(EXPERIMENT, cfg, ns)
     print(f"results: {run_dir.path}", file=sys.stderr)
     start = time.perf_counter()

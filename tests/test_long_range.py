@@ -75,7 +75,14 @@ def test_metric_vs_length_draws_each_cell_at_its_saved_values():
     seeds = sorted(y for ln in ax_m.lines if ln.get_linestyle() == "None"
                    for y in ln.get_ydata() if np.isfinite(y))
     assert seeds == [0.01, 0.03, 0.05, 0.1, 0.2, 0.2, 0.3]
-    assert ax_m.get_yscale() == "log" and ax_m.get_title() == "adding: mse vs T"
+    assert ax_m.get_yscale() == "log"
+    assert ax_m.get_title() == "adding: final mse (line: mean; dots: seeds)"
+    # The legend sits outside both panels, and tied cells are drawn apart along T.
+    assert ax_m.get_legend() is None and ax_s.get_legend() is None and len(fig.legends) == 1
+    xa, xb = (np.asarray(ln.get_xdata(), float) for ln in ax_s.lines[:2])
+    assert np.all(xa < [10, 20]) and np.all(xb > [10, 20])
+    np.testing.assert_allclose(xb / xa, plots._OFFSET)
+    assert ax_s.lines[0].get_marker() != ax_s.lines[1].get_marker()
     _close(fig)
 
 
@@ -98,17 +105,35 @@ def test_gradient_norm_clipping_draws_seed_0_and_the_geometric_mean():
     fig = plots.gradient_norm_clipping([(1.0, g), (None, 2 * g)], clip_norm=1.0, title="t")
     (ax,) = fig.axes
     ys = [np.asarray(ln.get_ydata(), float) for ln in ax.lines]
-    want = [[1.0, 4.0], [2.0, 2.0], [2.0, 8.0], [4.0, 4.0], [1.0, 1.0]]
+    want = [[1.0, 4.0], [2.0, 2.0], [2.0, 8.0], [4.0, 4.0], [], [1.0, 1.0]]
     assert len(ys) == len(want)
     for got, expected in zip(ys, want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[0].startswith("clip 1 ") and labels[1].startswith("no clipping")
-    assert labels[2] == "clip threshold"
+    assert labels[0].startswith("clipped at 1: ") and labels[1].startswith("no clipping: ")
+    assert labels[2].startswith("thin: seed 0") and labels[3] == "clip threshold 1"
+    # The two means differ in dash as well as colour, so where they overlap both show.
+    assert ax.lines[1].get_linestyle() != ax.lines[3].get_linestyle()
     _close(fig)
 
 
 # ----------------------------------------------------------------------------- the experiment
+
+
+def test_replot_redraws_from_the_saved_numbers(tmp_path, load_script, capsys):
+    lr = load_script("experiments/long_range.py")
+    cfg = lr.LongRangeConfig(cells=("elman-tanh",), lengths=(4,), seeds=2, hidden_size=4,
+                             train_steps=4, train_batch_size=4, eval_batch_size=8,
+                             chunk_size=4, compare_clip_cell=None)
+    lr.run(cfg, experiment.RunDir(tmp_path / "run", cfg))
+    png = tmp_path / "run" / "metric_vs_T.png"
+    png.unlink()
+    lr.main(["--replot", str(tmp_path / "run")])
+    assert png.stat().st_size > 0
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(SystemExit) as e:
+        lr.main(["--replot", str(tmp_path / "run")])
+    assert e.value.code == 2 and "holds no summary.json" in capsys.readouterr().err
 
 
 def test_experiment_config_errors(load_script):

@@ -535,6 +535,19 @@ class RunDir:
         else:
             atomic_write_json(env_file, env)
 
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> RunDir:
+        """An earlier run's folder, to read and redraw figures in (``--replot``).
+
+        Writes nothing on opening (no config, no environment record); ``config`` is
+        the folder's ``config.json`` as a dict.
+        """
+        run = cls.__new__(cls)
+        run.path = Path(path)
+        run.config = json.loads((run.path / "config.json").read_text())
+        run.is_writer = True
+        return run
+
     def file(self, name: str) -> Path:
         return self.path / name
 

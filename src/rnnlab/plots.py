@@ -181,31 +181,57 @@ def metric_vs_length(
     """
     plt = _pyplot()
     Ts = list(lengths)
-    fig, (ax_m, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
-    for cell, rs in runs.items():
+    names = list(runs)
+    colors = cell_colors(names)
+    fig, (ax_m, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (cell, rs) in enumerate(runs.items()):
+        # Cells often tie (e.g. every seed solved): each cell's points sit at its own small
+        # offset along the log-T axis and have their own marker and dash, so none hides.
+        x = np.asarray(Ts, float) * _OFFSET ** (i - (len(names) - 1) / 2)
+        style = dict(color=colors[cell], marker=_MARKERS[i % len(_MARKERS)],
+                     ls=_DASHES[i % len(_DASHES)], label=cell)
         mean = np.asarray([r["metric_mean"] for r in rs], float)  # None (NaN in JSON) -> NaN
-        line, = ax_m.plot(Ts, mean, "o-", label=cell)
-        for T, r in zip(Ts, rs, strict=True):
+        ax_m.plot(x, mean, **style)
+        for xi, r in zip(x, rs, strict=True):
             metric = np.asarray(r["metric"], float)
-            ax_m.plot([T] * len(metric), metric, ".", color=line.get_color(), alpha=0.4)
-        ax_s.plot(Ts, [r["success_rate"] for r in rs], "o-", label=cell)
+            ax_m.plot([xi] * len(metric), metric, ".", color=colors[cell], alpha=0.4)
+        ax_s.plot(x, [r["success_rate"] for r in rs], **style)
     label = f"baseline: {baseline_formula}"
     if len(set(baselines)) == 1:
-        ax_m.axhline(baselines[0], color="k", ls="--", label=label)
+        ax_m.axhline(baselines[0], color="k", ls="--", lw=1, label=label)
     else:
-        ax_m.plot(Ts, baselines, "k--x", label=label)
-    ax_m.set(xscale="log", xlabel="T", ylabel=f"final {metric_name} (fresh sequences)",
-             title=f"{task}: {metric_name} vs T")
+        ax_m.plot(Ts, baselines, "k--x", lw=1, label=label)
+    ax_m.set(xscale="log", xlabel="T (sequence length)",
+             ylabel=f"final {metric_name} on fresh sequences",
+             title=f"{task}: final {metric_name} (line: mean; dots: seeds)")
     if not higher_is_better:
         ax_m.set_yscale("log")
-    ax_s.set(xscale="log", xlabel="T", ylabel="success rate over seeds", ylim=(-0.05, 1.05),
-             title=success_criterion)
+    ax_s.set(xscale="log", xlabel="T (sequence length)", ylabel="fraction of seeds solved",
+             ylim=(-0.05, 1.05), title=f"success: {success_criterion}")
     for ax in (ax_m, ax_s):
         ax.set_xticks(Ts, [str(T) for T in Ts])
-        ax.minorticks_off()
-    ax_m.legend(fontsize=8, loc="best", framealpha=0.6)
+        ax.xaxis.set_minor_locator(_null_locator())  # only the measured T are ticked
+        ax.grid(alpha=0.3)
+    # One legend for both panels, outside them, so it never covers a point.
+    handles, labels = ax_m.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    fig.text(0.5, -0.09 - 0.04 * ((len(labels) - 1) // 5),
+             "cells are drawn slightly apart along T so that equal values stay visible",
+             ha="center", fontsize=7, color="0.35")
     fig.tight_layout()
     return fig
+
+
+def _null_locator():
+    from matplotlib.ticker import NullLocator
+
+    return NullLocator()
+
+
+_OFFSET = 1.035  # the factor between neighbouring cells' points on the log-T axis
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+_DASHES = ("-", "--", "-.", ":")
 
 
 def training_curves(
@@ -259,16 +285,22 @@ def gradient_norm_clipping(
       The matplotlib figure.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     for clip, grad_norm in runs:
         g = np.asarray(grad_norm, float)
-        label = "no clipping" if clip is None else f"clip {clip:g}"
-        color = "C3" if clip is None else "C0"
-        ax.plot(g[0], lw=0.5, alpha=0.35, color=color)
-        ax.plot(np.exp(_smooth(np.nanmean(np.log(g), axis=0))), lw=2, color=color,
-                label=f"{label} (geometric mean over seeds, smoothed; thin: seed 0)")
-    ax.axhline(clip_norm, color="k", ls=":", lw=1, label="clip threshold")
-    ax.set(yscale="log", xlabel="step", ylabel="global gradient norm (before clipping)",
-           title=title)
-    ax.legend(fontsize=8)
+        label = "no clipping" if clip is None else f"clipped at {clip:g}"
+        # Both runs often overlap: different colours and dashes, the mean drawn over the
+        # thin per-seed trace, and the dashed curve on top so the solid one shows through.
+        color, ls, z = ("C3", "-", 2) if clip is None else ("C0", "--", 3)
+        ax.plot(g[0], lw=0.5, alpha=0.35, color=color, ls="-", zorder=1)
+        ax.plot(np.exp(_smooth(np.nanmean(np.log(g), axis=0))), lw=2, color=color, ls=ls,
+                zorder=z, label=f"{label}: geometric mean over seeds, smoothed")
+    ax.plot([], [], lw=0.5, color="0.4", label="thin: seed 0, every step")
+    ax.axhline(clip_norm, color="k", ls=":", lw=1, label=f"clip threshold {clip_norm:g}")
+    ax.set(yscale="log", xlabel="training step", ylabel="global gradient norm (before clipping)",
+           title=title or "gradient norm during training, with and without clipping")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
+              frameon=False)
+    fig.tight_layout()
     return fig
