@@ -223,3 +223,11 @@ def test_save_figure_can_close_the_figure(tmp_path):
     paths = experiment.RunDir(tmp_path / "r", Cfg()).save_figure(fig, "f", ("png",), close=True)
     assert [p.name for p in paths] == ["f.png"] and paths[0].stat().st_size > 0
     assert not plt.fignum_exists(fig.number)
+
+
+def test_tables_say_n_a_for_missing_values(capsys):
+    experiment.print_table("t", ["cell", "metric", "ratio"], [["a", float("nan"), None],
+                                                             ["b", 0.123456, 2]])
+    out = capsys.readouterr().out
+    assert out.count("n/a") == 2 and "nan" not in out and "None" not in out
+    assert "0.1235" in out

@@ -705,8 +705,15 @@ def _plain_progress(description: str, total: int, interval: float, stream) -> It
     print(line(time.monotonic()), file=stream, flush=True)
 
 
+def _cell_text(value: Any) -> str:
+    """A table entry: floats to 4 significant digits, a missing value (None, NaN) as n/a."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Prints a table with rich (plain text when not a terminal)."""
+    """Prints a table with rich (plain text when not a terminal); None and NaN print as n/a."""
     from rich.console import Console
     from rich.table import Table
 
@@ -714,7 +721,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     for c in columns:
         table.add_column(c, justify="right" if c != columns[0] else "left")
     for r in rows:
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+        table.add_row(*[_cell_text(v) for v in r])
     Console(width=max(140, shutil.get_terminal_size().columns)).print(table)
 
 
