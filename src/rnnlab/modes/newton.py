@@ -203,12 +203,13 @@ def run(
     states, iterations, residual = _solve(problem, params, c0, xs_r, valid_r, resets_r)
     tol = problem.tol(c0.dtype)
     info = NewtonInfo(iterations, residual, residual <= tol)
-    if options.on_failure == "nan":
-        states = jnp.where(info.converged, states, jnp.nan)
-    elif options.on_failure == "warn":
+    if options.on_failure == "warn":
         jax.debug.callback(functools.partial(_warn, tol=tol, steps=num_steps),
                            info.converged, iterations, residual)
     _, ys = _rows(problem, params, _previous(states, c0), xs_r, c0, valid_r, resets_r)
+    if options.on_failure == "nan":
+        states = jnp.where(info.converged, states, jnp.nan)
+        ys = jax.tree.map(lambda y: jnp.where(info.converged, y, jnp.nan), ys)
     ys = jax.tree.map(lambda y: y.reshape((num_steps,) + batch_shape + y.shape[2:]), ys)
     final = layout.unflatten_batched(states[-1], batch_shape)
     return final, ys, info
