@@ -94,7 +94,8 @@ def _results(name, modes, dtype=jnp.float32, configs=("everything",)):
         kw = {} if mode == "sequential" else {"return_info": True}
         c, ys, *info = _call(cell, params, xs, carry, config, mode=mode, **kw)
         loss = jnp.sum(w * jnp.swapaxes(ys, 0, 1) if config == "plain" else w * ys)
-        return loss + sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(c)), (c, ys, *info)
+        loss = loss + sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree.leaves(c))
+        return loss, (c, ys, *info)
 
     @jax.jit
     def run(params, xs, carry):
