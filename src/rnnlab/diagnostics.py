@@ -44,6 +44,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from rnnlab import checks
@@ -51,7 +52,14 @@ from rnnlab.cell import Array, Carry, Cell, Params, checkpointed_step, prepare_p
 from rnnlab.sequence import scan
 from rnnlab.validation import check_carry, check_cell, check_float_input
 
-__all__ = ["carry_grad_norms", "fit_decay_rate", "jacobian_norms", "lyapunov_exponents"]
+__all__ = [
+    "carry_grad_norms",
+    "fit_decay_rate",
+    "jacobian_norms",
+    "lyapunov_exponents",
+    "param_sensitivity",
+    "scaled_norm",
+]
 
 
 # ----------------------------------------------------------------------------
@@ -68,6 +76,7 @@ def carry_grad_norms(
     carry: Carry | None = None,
     lengths: Array | None = None,
     per_leaf: bool = False,
+    log: bool = False,
 ) -> Any:
     r"""Norm of the gradient of a loss with respect to the carry at every step.
 
@@ -106,6 +115,8 @@ def carry_grad_norms(
         semantics (padded steps leave the carry unchanged and output zeros).
         There is no state at a padded step, so its norm is 0.
       per_leaf: return one norm per carry leaf instead of their combination.
+      log: return :math:`\ln g_t` computed in log space, so that nothing under-
+        or overflows however deep the gradient vanishes or explodes (below).
 
     Returns:
       ``[T, *batch]`` norms, reduced over each leaf's feature axes (every axis
@@ -113,7 +124,25 @@ def carry_grad_norms(
       :math:`g_t = (\sum_{\text{leaves}} \sum_i |\partial L / \partial c_{t,i}|^2)^{1/2}`.
       With ``per_leaf=True``, a pytree shaped like the carry whose leaves are
       ``[T, *batch]`` norms (e.g. ``LSTMCarry(c=..., h=...)``); integer leaves
-      get zeros.
+      get zeros. With ``log=True`` the same shapes hold :math:`\ln g_t`
+      (``-inf`` where the norm is exactly 0: padded steps, integer leaves).
+
+    Accuracy: the norm is taken scaled (each vector divided by its largest
+    entry before squaring), so with ``log=False`` it is accurate to rounding
+    for every norm down to the smallest normal number of the dtype
+    (float32: 1.2e-38); smaller gradients flush to 0 in the backward pass
+    itself. ``log=True`` runs a rescaled adjoint instead: the cotangent
+    :math:`a_t = \partial L / \partial c_t` is kept as :math:`2^{e_t} u_t`,
+    one integer exponent :math:`e_t` and a vector :math:`u_t` with largest
+    entry in :math:`[1/2, 1)` per carry leaf and sequence, and
+    :math:`a_{t-1} = J_t^\top a_t + K_t^\top \partial \ell/\partial y_t`
+    (``J_t``, ``K_t`` the step's Jacobians in :math:`c_{t-1}`) is formed from
+    one vector-Jacobian product per leaf and one for the loss's direct term,
+    each normalised, and combined with exact power-of-two weights. The result
+    :math:`\ln g_t = e_t \ln 2 + \ln \lVert u_t \rVert` is finite for any depth
+    (e.g. :math:`-692.4` for :math:`2 \cdot 0.5^{1000}`). One forward pass records
+    the carries; one backward pass re-linearises each step. It assumes, as every
+    cell here does, that the step treats the sequences of a batch independently.
 
     Raises:
       TypeError: ``cell`` lacks the protocol, ``xs`` is not real floating, or
@@ -135,6 +164,8 @@ def carry_grad_norms(
 
     leaves, treedef = jax.tree.flatten(carry)
     layout = _batched_layout(leaves, batch_shape)
+    if log:
+        return _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf)
     offsets = [0]
     for leaf_layout in layout:
         offsets.append(offsets[-1] + leaf_layout.size)
@@ -172,15 +203,228 @@ def carry_grad_norms(
         return loss
 
     grads = jax.grad(loss_of_eps)(eps)  # [T, *batch, D]
-    squares = jnp.square(grads)
+    # Scaled norms: squaring entries below ~1e-19 would underflow float32 to 0.
     if not per_leaf:
-        return jnp.sqrt(jnp.sum(squares, axis=-1))
+        return scaled_norm(grads, axis=-1)
     return treedef.unflatten(
         [
-            jnp.sqrt(jnp.sum(squares[..., lo:hi], axis=-1))
+            scaled_norm(grads[..., lo:hi], axis=-1)
             for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)
         ]
     )
+
+
+def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf):
+    """``carry_grad_norms(..., log=True)``: the rescaled adjoint (see its docstring)."""
+    num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
+    step_params = prepare_params(cell, params)
+
+    def recording_step(p, c, x):
+        new_c, y = cell.step(p, c, x)
+        return new_c, (c, y)
+
+    recorder = Cell(cell.init, _constant(carry), recording_step)
+    final_carry, (carries_in, ys) = scan(recorder, step_params, xs, lengths=lengths)
+
+    # The loss's direct terms, in the real representation the backward pass uses.
+    y_parts, y_fixed, y_meta = _split_real(ys)
+    c_parts, c_fixed, c_meta = _split_real(final_carry)
+
+    def loss_of_parts(yp, cp):
+        loss = loss_fn(_join(y_meta, yp, y_fixed), _join(c_meta, cp, c_fixed))
+        _check_scalar_loss(loss)
+        return loss
+
+    y_bar, c_bar = jax.grad(loss_of_parts, argnums=(0, 1))(y_parts, c_parts)
+    in_parts, in_fixed, _ = _split_real(carries_in)
+
+    # One sequence at a time (vmapped), so every sequence gets its own scales.
+    n = math.prod(batch_shape)
+    batch_ndim = len(batch_shape)
+
+    def flat(a, lead):  # [*lead, *batch, ...] -> [*lead, N, ...]
+        return a.reshape(a.shape[:lead] + (n,) + a.shape[lead + batch_ndim:])
+
+    if lengths is None:
+        valid = jnp.ones((num_steps, n), bool)
+    else:
+        valid = jnp.arange(num_steps)[:, None] < jnp.asarray(lengths).reshape(1, n)
+
+    def step_parts(parts, fixed, x):
+        new_c, y = cell.step(step_params, _join(c_meta, parts, fixed), x)
+        return _split_real(new_c)[0], _split_real(y)[0]
+
+    def one_sequence(in_parts, in_fixed, x, y_bar, c_bar, valid):
+        num_leaves = len(c_bar)
+
+        def back(state, inputs):  # state represents a_t; returns a_{t-1}
+            us, es = state
+            c_parts, c_fixed, x, yb, ok = inputs
+            _, vjp = jax.vjp(lambda p: step_parts(p, c_fixed, x), c_parts)
+            yu, ye = _normalise_jointly(yb)
+            # Row r < L: leaf r's cotangent alone; row L: the loss's direct term.
+            rows = num_leaves + 1
+            ct_c = tuple(
+                jnp.zeros((rows, *u.shape), u.dtype).at[r].set(u) for r, u in enumerate(us))
+            ct_y = tuple(jnp.zeros((rows, *w.shape), w.dtype).at[num_leaves].set(w)
+                         for w in yu)
+            source_e = jnp.concatenate([es, ye[None]])  # [L + 1]
+            (out,) = jax.vmap(vjp)((ct_c, ct_y))
+            new_us, new_es = [], []
+            for v in out:  # v: [L + 1, *leaf]
+                vu, ve = jax.vmap(_normalise)(v)
+                u, e = _combine(vu, source_e, ve)
+                new_us.append(u)
+                new_es.append(e)
+            new_us = tuple(jnp.where(ok, a, b) for a, b in zip(new_us, us, strict=True))
+            new_es = jnp.where(ok, jnp.stack(new_es), es)
+            return (new_us, new_es), (new_us, new_es)
+
+        start = [_normalise(b) for b in c_bar]
+        state = (tuple(u for u, _ in start), jnp.stack([e for _, e in start]))
+        inputs = (tuple(a[1:] for a in in_parts), tuple(a[1:] for a in in_fixed), x[1:],
+                  tuple(a[1:] for a in y_bar), valid[1:])
+        _, (us, es) = jax.lax.scan(back, state, inputs, reverse=True)
+        # us[l] [T-1, ...] and es [T-1, L] represent a_0 .. a_{T-2}; then a_{T-1}.
+        us = tuple(jnp.concatenate([a, u[None]]) for a, u in zip(us, state[0], strict=True))
+        es = jnp.concatenate([es, state[1][None]])
+        log_norms = jnp.stack(
+            [_log_norm(u, es[:, i]) for i, u in enumerate(us)], axis=-1)  # [T, L]
+        return jnp.where(valid[:, None], log_norms, -jnp.inf)
+
+    per_seq = jax.vmap(one_sequence, in_axes=(1, 1, 1, 1, 0, 1), out_axes=1)
+    logs = per_seq(
+        tuple(flat(a, 1) for a in in_parts), tuple(flat(a, 1) for a in in_fixed),
+        flat(xs, 1), tuple(flat(a, 1) for a in y_bar), tuple(flat(a, 0) for a in c_bar), valid,
+    )  # [T, N, L]
+    logs = logs.reshape((num_steps, *batch_shape, logs.shape[-1]))
+    if not per_leaf:
+        if logs.shape[-1] == 0:
+            return jnp.full((num_steps, *batch_shape), -jnp.inf, xs.dtype)
+        return 0.5 * jax.nn.logsumexp(2.0 * logs, axis=-1)
+    treedef, kinds = c_meta
+    columns = iter(range(logs.shape[-1]))
+    out = []
+    for kind in kinds:
+        if kind == "fixed":
+            out.append(jnp.full((num_steps, *batch_shape), -jnp.inf, logs.dtype))
+        else:
+            out.append(logs[..., next(columns)])
+    return treedef.unflatten(out)
+
+
+def scaled_norm(x: Array, axis: int | tuple[int, ...] = -1) -> Array:
+    r"""The 2-norm :math:`\lVert x \rVert_2` along ``axis``, without under- or overflow.
+
+    Computed as :math:`m \,\lVert x / m \rVert_2` with :math:`m = \max_i |x_i|`, so
+    that it is accurate to rounding whenever :math:`m` is a normal number and
+    finite whenever the result is representable; squaring first would turn
+    every norm below ~1e-19 (float32) into 0 and every one above ~1.8e19 into
+    ``inf``. Zero vectors give 0, an infinite entry ``inf`` and a NaN entry NaN.
+
+    Args:
+      x: any real or complex array.
+      axis: the axis or axes reduced.
+
+    Returns:
+      The norms, real, with ``axis`` removed.
+    """
+    a = jnp.abs(x)
+    m = jnp.max(a, axis=axis, keepdims=True)
+    usable = (m > 0) & jnp.isfinite(m)
+    r = jnp.sqrt(jnp.sum(jnp.square(a / jnp.where(usable, m, 1)), axis=axis))
+    m = jnp.squeeze(m, axis)
+    return jnp.where(jnp.squeeze(usable, axis), m * r, m)
+
+
+# Exponent of an exactly zero vector in the rescaled adjoint: far below any real one.
+_ZERO_EXPONENT = -(2**30)
+
+
+def _pow2(e: Array, dtype: Any) -> Array:
+    """``2**e`` for integer ``e`` as a product of two normal numbers, so exact in
+    ``dtype`` wherever the result is normal (XLA on CPU flushes subnormals)."""
+    e = jnp.clip(e, -300, 300)
+    half = e // 2
+    one = jnp.ones((), dtype)
+    return jnp.ldexp(one, half) * jnp.ldexp(one, e - half)
+
+
+def _normalise(v: Array) -> tuple[Array, Array]:
+    """``v = 2**e * u`` with ``max|u|`` in [1/2, 1); a zero ``v`` gives ``(0, _ZERO_EXPONENT)``."""
+    m = jnp.max(jnp.abs(v)) if v.size else jnp.zeros((), v.dtype)
+    _, e = jnp.frexp(m)
+    e = e.astype(jnp.int32)
+    u = v / _pow2(e // 2, v.dtype) / _pow2(e - e // 2, v.dtype)
+    return u, jnp.where(m == 0, _ZERO_EXPONENT, e)
+
+
+def _normalise_jointly(parts: tuple[Array, ...]) -> tuple[tuple[Array, ...], Array]:
+    """:func:`_normalise` with one exponent shared by several arrays."""
+    if not parts:
+        return (), jnp.asarray(_ZERO_EXPONENT, jnp.int32)
+    m = jnp.max(jnp.stack([jnp.max(jnp.abs(p)) if p.size else jnp.zeros((), p.dtype)
+                           for p in parts]))
+    _, e = jnp.frexp(m)
+    e = e.astype(jnp.int32)
+    us = tuple(p / _pow2(e // 2, p.dtype) / _pow2(e - e // 2, p.dtype) for p in parts)
+    return us, jnp.where(m == 0, _ZERO_EXPONENT, e)
+
+
+def _combine(vu: Array, source: Array, own: Array) -> tuple[Array, Array]:
+    """``sum_r 2**(source[r] + own[r]) * vu[r]`` normalised (``vu [R, ...]``,
+    ``source, own [R]``); a row with either exponent zero adds nothing."""
+    zero = (source == _ZERO_EXPONENT) | (own == _ZERO_EXPONENT)
+    exponents = jnp.where(zero, _ZERO_EXPONENT, source + own)
+    top = jnp.max(exponents)
+    weights = _pow2(exponents - top, vu.dtype)  # exact powers of two in (0, 1]
+    total = jnp.tensordot(weights, vu, axes=1)
+    u, e = _normalise(total)
+    return u, jnp.where(e == _ZERO_EXPONENT, _ZERO_EXPONENT, top + e)
+
+
+def _log_norm(u: Array, e: Array) -> Array:
+    """``ln ||2**e[t] * u[t]||_2`` for ``u [T, ...]``, ``e [T]``."""
+    u = u.reshape(u.shape[0], -1)
+    ln2 = jnp.log(jnp.asarray(2.0, u.dtype))
+    if u.shape[1] == 0:
+        return jnp.full(u.shape[:1], -jnp.inf, u.dtype)
+    return e.astype(u.dtype) * ln2 + 0.5 * jnp.log(jnp.sum(jnp.square(u), axis=1))
+
+
+def _split_real(tree: Any) -> tuple[tuple[Array, ...], tuple[Any, ...], Any]:
+    """A pytree's floating leaves as real arrays (a complex leaf as ``[..., 2]``:
+    real and imaginary parts), its other leaves, and what :func:`_join` needs."""
+    leaves, treedef = jax.tree.flatten(tree)
+    parts, fixed, kinds = [], [], []
+    for leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            parts.append(jnp.stack([jnp.real(leaf), jnp.imag(leaf)], axis=-1))
+            kinds.append("complex")
+        elif jnp.issubdtype(dtype, jnp.floating):
+            parts.append(leaf)
+            kinds.append("real")
+        else:
+            fixed.append(leaf)
+            kinds.append("fixed")
+    return tuple(parts), tuple(fixed), (treedef, tuple(kinds))
+
+
+def _join(meta: Any, parts: tuple[Array, ...], fixed: tuple[Any, ...]) -> Any:
+    """The inverse of :func:`_split_real` (any leading shape)."""
+    treedef, kinds = meta
+    parts, fixed = iter(parts), iter(fixed)
+    out = []
+    for kind in kinds:
+        if kind == "fixed":
+            out.append(next(fixed))
+        elif kind == "complex":
+            p = next(parts)
+            out.append(jax.lax.complex(p[..., 0], p[..., 1]))
+        else:
+            out.append(next(parts))
+    return treedef.unflatten(out)
 
 
 # ----------------------------------------------------------------------------
@@ -278,11 +522,13 @@ def lyapunov_exponents(
     *,
     carry: Carry | None = None,
     transient: int = 0,
+    key: Array | None = None,
 ) -> Array:
     r"""The ``k`` largest Lyapunov exponents of the state dynamics driven by ``xs``.
 
-    Standard QR (Benettin / Gram-Schmidt) algorithm: with :math:`Q_{-1} = I_{D
-    \times k}` and :math:`J_t` the step Jacobian along the trajectory,
+    Standard QR (Benettin / Gram-Schmidt) algorithm: with :math:`Q_{-1}` a
+    random orthonormal ``D x k`` frame (the Q factor of a Gaussian matrix drawn
+    from ``key``) and :math:`J_t` the step Jacobian along the trajectory,
 
     .. math::
         Q_t R_t = J_t Q_{t-1} \quad (\text{reduced QR}), \qquad
@@ -295,6 +541,12 @@ def lyapunov_exponents(
     Jacobian-vector products, never the full Jacobian. Use a long ``xs`` and a
     ``transient`` so that ``Q`` aligns with the leading directions first.
 
+    The start is random, not the first ``k`` coordinate axes, because a frame
+    spanning a subspace the Jacobians leave invariant (every diagonal cell: LRU,
+    minGRU, minLSTM; any block of units decoupled from the rest) never leaves it
+    and returns that subspace's exponents instead of the ``k`` largest. A random
+    frame has a component along every direction with probability 1.
+
     Args:
       cell: any object following the :class:`rnnlab.Cell` protocol.
       params: the cell's parameters.
@@ -304,6 +556,8 @@ def lyapunov_exponents(
       carry: the initial carry (unbatched); ``cell.initial_carry(params)`` if None.
       transient: :math:`T_0`, leading steps that evolve the state and ``Q`` but
         are left out of the average.
+      key: the PRNG key of the initial frame; ``jax.random.key(0)`` if None, so
+        that a call is deterministic.
 
     Returns:
       ``[k]`` exponents, largest first.
@@ -351,10 +605,125 @@ def lyapunov_exponents(
         new_c, _ = cell.step(p, c, x)
         return (new_c, Q), jnp.log(jnp.abs(jnp.diagonal(R)))
 
-    tracker = Cell(cell.init, _constant((carry, jnp.eye(dim, k, dtype=vec0.dtype))), qr_step)
+    if key is None:
+        key = jax.random.key(0)
+    frame, _ = jnp.linalg.qr(jax.random.normal(key, (dim, k), vec0.dtype))
+    tracker = Cell(cell.init, _constant((carry, frame)), qr_step)
     _, log_r = scan(tracker, prepare_params(cell, params), xs)  # [T, k]
     exponents = jnp.mean(log_r[transient:], axis=0)
     return -jnp.sort(-exponents)
+
+
+# ----------------------------------------------------------------------------
+# Sensitivity of the state to the parameters: one forward-mode pass.
+# ----------------------------------------------------------------------------
+
+
+def param_sensitivity(
+    cell: Any,
+    params: Params,
+    xs: Array,
+    tangents: Params,
+    *,
+    carry: Carry | None = None,
+    lengths: Array | None = None,
+    per_leaf: bool = False,
+) -> Any:
+    r"""Norm of the directional derivative of the carry along a parameter tangent, every step.
+
+    .. math::
+        s_t = \Big\lVert \frac{\partial c_t}{\partial \theta}\, v \Big\rVert_2
+            = \Big\lVert \sum_{s \le t} J_t \cdots J_{s+1}
+              \frac{\partial\, \mathrm{step}(\theta, c_{s-1}, x_s)}{\partial \theta} v
+              \Big\rVert_2
+
+    for the tangent :math:`v` (``tangents``), with :math:`c_{-1}` the initial
+    carry (its dependence on :math:`\theta` counted when ``carry`` is None).
+    All ``T`` values come from ONE forward-mode pass (``jax.jvp`` through
+    :func:`rnnlab.scan`), with no backward pass and no stored trajectory. This
+    is the quantity of the "curse of memory" (Zucchet & Orvieto 2024): for
+    :math:`h_t = \lambda h_{t-1} + x_t` driven by white noise,
+    :math:`\mathbb{E}\, s_t^2 \to (1 + \lambda^2) / (1 - \lambda^2)^3` along
+    :math:`v = \partial / \partial \lambda`.
+
+    Args:
+      cell: any object following the :class:`rnnlab.Cell` protocol.
+      params: the cell's parameters.
+      xs: inputs ``[T, *batch, F]`` (time-major).
+      tangents: a pytree shaped like ``params`` (same structure and leaf shapes),
+        the direction :math:`v`; leaves are cast to the params' dtypes.
+      carry: the initial carry, held fixed; ``cell.initial_carry(params,
+        batch_shape)`` if None (differentiated along with the params).
+      lengths: optional ``[*batch]`` valid lengths (:func:`rnnlab.scan`'s
+        semantics); the norm at a padded step is 0.
+      per_leaf: one norm per carry leaf instead of their combination.
+
+    Returns:
+      ``[T, *batch]`` norms (scaled, as :func:`scaled_norm`), or with
+      ``per_leaf`` a pytree shaped like the carry of ``[T, *batch]`` norms
+      (integer leaves get zeros). A complex leaf counts as its real and
+      imaginary parts.
+
+    Raises:
+      TypeError: ``cell`` lacks the protocol or ``xs`` is not real floating.
+      ValueError: ``xs`` has no time and feature axes, ``tangents`` is not shaped
+        like ``params``, or the carry does not match the cell's.
+
+    References:
+      Zucchet & Orvieto, "Recurrent neural networks: vanishing and exploding
+      gradients are not the end of the story", NeurIPS 2024.
+    """
+    check_cell(cell)
+    xs = _check_xs(xs, min_ndim=2, what="[T, F] or [T, *batch, F]",
+                   where="param_sensitivity", params=params, carry=carry)
+    batch_shape = xs.shape[1:-1]
+    if carry is not None:
+        check_carry(cell, params, carry, batch_shape)
+    tangents = _check_tangents(params, tangents)
+
+    def emitting_step(p, c, x):
+        new_c, _ = cell.step(p, c, x)
+        return new_c, new_c
+
+    def carries_of(p):
+        c0 = cell.initial_carry(p, batch_shape) if carry is None else carry
+        emitter = Cell(cell.init, _constant(c0), emitting_step)
+        return scan(emitter, prepare_params(cell, p), xs, lengths=lengths)[1]
+
+    carries, d_carries = jax.jvp(carries_of, (params,), (tangents,))
+    num_steps = xs.shape[0]
+    lead = 1 + len(batch_shape)
+
+    def leaf_norm(c, dc):
+        if not jnp.issubdtype(jnp.result_type(c), jnp.inexact):
+            return jnp.zeros((num_steps, *batch_shape), xs.dtype)
+        return scaled_norm(dc.reshape(dc.shape[:lead] + (-1,)), axis=-1)
+
+    norms = jax.tree.map(leaf_norm, carries, d_carries)
+    if per_leaf:
+        return norms
+    leaves = jax.tree.leaves(norms)
+    return scaled_norm(jnp.stack(leaves), axis=0)
+
+
+def _check_tangents(params: Params, tangents: Params) -> Params:
+    p_leaves, p_def = jax.tree.flatten(params)
+    t_leaves, t_def = jax.tree.flatten(tangents)
+    if p_def != t_def:
+        raise ValueError(
+            f"tangents must have the structure of params {p_def}; received {t_def}.")
+    out = []
+    for p, t in zip(p_leaves, t_leaves, strict=True):
+        if jnp.shape(p) != jnp.shape(t):
+            raise ValueError(
+                "tangents must have the leaf shapes of params "
+                f"{[jnp.shape(x) for x in p_leaves]}; received {[jnp.shape(x) for x in t_leaves]}.")
+        dtype = jnp.result_type(p)
+        if jnp.issubdtype(dtype, jnp.inexact):
+            out.append(jnp.asarray(t, dtype))
+        else:  # integer params have no tangent space
+            out.append(np.zeros(jnp.shape(p), jax.dtypes.float0))
+    return jax.tree.unflatten(p_def, out)
 
 
 # ----------------------------------------------------------------------------
@@ -362,7 +731,7 @@ def lyapunov_exponents(
 # ----------------------------------------------------------------------------
 
 
-def fit_decay_rate(norms: Array, distances: Array) -> Array:
+def fit_decay_rate(norms: Array, distances: Array, *, log: bool = False) -> Array:
     r"""Per-step decay factor from a least-squares fit of log-norm against distance.
 
     .. math::
@@ -378,6 +747,8 @@ def fit_decay_rate(norms: Array, distances: Array) -> Array:
         ``[T, *batch]`` (all entries are pooled into one fit; vmap for several).
       distances: the same shape, or ``[N]`` (broadcast along the trailing axes),
         e.g. ``T - 1 - jnp.arange(T)``.
+      log: ``norms`` are natural logs of norms (e.g. ``carry_grad_norms(...,
+        log=True)``); then every finite entry is used.
 
     Returns:
       The scalar per-step factor :math:`r = e^{\text{slope}}` (nan if fewer than
@@ -397,14 +768,22 @@ def fit_decay_rate(norms: Array, distances: Array) -> Array:
                 f"distances must have the shape of norms {norms.shape} or be [N] with N = "
                 f"norms.shape[0]; received shape {distances.shape}."
             )
+    if log:
+        return _fit_log_decay_rate(norms, distances)
     return _fit_decay_rate(norms, distances)
 
 
 @jax.jit
 def _fit_decay_rate(norms: Array, distances: Array) -> Array:
     usable = (norms > 0) & jnp.isfinite(norms)
-    weight = usable.astype(norms.dtype)
-    log_norms = jnp.log(jnp.where(usable, norms, 1.0))
+    return _fit_log_decay_rate(jnp.log(jnp.where(usable, norms, 0.0)), distances)
+
+
+@jax.jit
+def _fit_log_decay_rate(log_norms: Array, distances: Array) -> Array:
+    usable = jnp.isfinite(log_norms)
+    weight = usable.astype(log_norms.dtype)
+    log_norms = jnp.where(usable, log_norms, 0.0)
     count = jnp.sum(weight)
     d_mean = jnp.sum(weight * distances) / count
     l_mean = jnp.sum(weight * log_norms) / count
