@@ -1,4 +1,6 @@
-r"""Synthetic long-range dependency problems, generated on device.
+r"""Problems to train on: synthetic long-range dependency tasks generated on device,
+and :func:`from_arrays`, a task made of your own arrays (real data sets:
+:mod:`rnnlab.datasets`).
 
 Each problem is a :class:`Task`: a description (sizes, loss kind, the
 memoryless baseline and the success criterion) plus pure functions that make a
@@ -31,6 +33,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Array = jax.Array
@@ -471,6 +474,347 @@ def temporal_order() -> Task:
         metric=_accuracy,
         success=lambda logits, batch: _accuracy(logits, batch) >= 0.99,
         references="Hochreiter & Schmidhuber 1997, Exp. 6a",
+    )
+
+
+# ----------------------------------------------------------------------------- your own arrays
+
+
+KINDS = ("classification", "regression")
+
+
+def pad_sequences(sequences, *, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads variable-length sequences with zeros into one array.
+
+    Args:
+      sequences: N arrays ``[T_i, F]`` (or ``[T_i]`` for one feature), ``T_i >= 1``.
+      length: the padded length; default ``max(T_i)``.
+
+    Returns:
+      ``(x [N, length, F] float32, lengths [N] int32)``, ready for :func:`from_arrays`.
+    """
+    seqs = [np.asarray(s, np.float32) for s in sequences]
+    if not seqs:
+        raise ValueError("sequences must hold at least one sequence; received none.")
+    seqs = [s[:, None] if s.ndim == 1 else s for s in seqs]
+    bad = [i for i, s in enumerate(seqs) if s.ndim != 2 or s.shape[0] < 1]
+    if bad:
+        raise ValueError(f"sequences must be arrays [T_i >= 1, F]; sequence {bad[0]} has shape "
+                         f"{seqs[bad[0]].shape}.")
+    features = {s.shape[1] for s in seqs}
+    if len(features) != 1:
+        raise ValueError(f"sequences must share one feature count; received {sorted(features)}.")
+    lengths = np.array([s.shape[0] for s in seqs], np.int32)
+    length = int(lengths.max()) if length is None else length
+    if lengths.max() > length:
+        raise ValueError(f"length must be >= the longest sequence ({lengths.max()}); "
+                         f"received {length}.")
+    x = np.zeros((len(seqs), length, features.pop()), np.float32)
+    for i, s in enumerate(seqs):
+        x[i, : s.shape[0]] = s
+    return x, lengths
+
+
+def _check_x(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)) or \
+            x.dtype == bool:
+        raise TypeError(f"{name} must be a real numeric array; received dtype {x.dtype}.")
+    if x.ndim == 2:  # [N, T]: one feature per step
+        x = x[..., None]
+    if x.ndim != 3 or min(x.shape) < 1:
+        raise ValueError(f"{name} must be [N, T, F] (or [N, T] for one feature), batch-major, "
+                         f"with N, T, F >= 1; received shape {x.shape}.")
+    return x.astype(np.float32)
+
+
+def _check_lengths(lengths, n: int, T: int, name: str) -> np.ndarray | None:
+    if lengths is None:
+        return None
+    lengths = np.asarray(lengths)
+    if lengths.shape != (n,) or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"{name} must be [N] = [{n}] ints (one per sequence); received shape "
+                         f"{lengths.shape}, dtype {lengths.dtype}.")
+    if lengths.min() < 1 or lengths.max() > T:
+        bad = int(np.flatnonzero((lengths < 1) | (lengths > T))[0])
+        raise ValueError(f"{name} must lie in [1, T] = [1, {T}]; {name}[{bad}] = {lengths[bad]}.")
+    return lengths.astype(np.int32)
+
+
+def _valid_mask(n: int, T: int, lengths: np.ndarray | None) -> np.ndarray:
+    if lengths is None:
+        return np.ones((n, T), bool)
+    return np.arange(T)[None, :] < lengths[:, None]  # [N, T]
+
+
+def _check_finite_and_pad(x: np.ndarray, valid: np.ndarray, name: str) -> np.ndarray:
+    bad = ~np.isfinite(x) & valid[..., None]
+    if bad.any():
+        i, t, f = (int(v[0]) for v in np.nonzero(bad))
+        raise ValueError(f"{name} must be finite at every valid step; {name}[{i}, {t}, {f}] = "
+                         f"{x[i, t, f]} ({int(bad.sum())} non-finite values in all).")
+    # Padding is zeroed: a NaN there would reach the gradient through the masked branch.
+    return np.where(valid[..., None], x, 0.0).astype(np.float32)
+
+
+def _check_y(y, n: int, T: int, kind: str, per_step: bool, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise TypeError(f"{name} must be numeric; received dtype {y.dtype} (encode string "
+                        "labels as ints, e.g. np.unique(y, return_inverse=True)[1]).")
+    if y.shape[:1] != (n,):
+        raise ValueError(f"{name} must have N = {n} entries along its first axis (one per "
+                         f"sequence of the inputs); received shape {y.shape}.")
+    if kind == "classification":
+        expected = (n, T) if per_step else (n,)
+        if y.shape != expected:
+            raise ValueError(f"{name} must be [{', '.join(map(str, expected))}] class labels "
+                             f"({'per step' if per_step else 'one per sequence'}); received "
+                             f"shape {y.shape}.")
+        if not np.issubdtype(y.dtype, np.integer):
+            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+                raise ValueError(f"{name} must hold integer class labels for classification; "
+                                 f"received non-integer values of dtype {y.dtype}.")
+        return y.astype(np.int64)
+    if per_step and (y.ndim not in (2, 3) or y.shape[1] != T):
+        raise ValueError(f"{name} must be [N, T] or [N, T, D] = [{n}, {T}, ...] per-step "
+                         f"regression targets; received shape {y.shape}.")
+    if not per_step and y.ndim not in (1, 2):
+        raise ValueError(f"{name} must be [N] or [N, D] per-sequence regression targets; "
+                         f"received shape {y.shape}.")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} must be finite; it holds {int((~np.isfinite(y)).sum())} "
+                         "non-finite values.")
+    return y.astype(np.float32)
+
+
+def _check_labels(y: np.ndarray, valid: np.ndarray | None, num_classes: int, name: str) -> None:
+    seen = y if valid is None else y[valid]
+    bad = (seen < 0) | (seen >= num_classes)
+    if bad.any():
+        v = seen[bad][0]
+        raise ValueError(f"{name} must hold labels in [0, num_classes) = [0, {num_classes}); "
+                         f"received {v} ({int(bad.sum())} labels out of range).")
+
+
+def _time_major(x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None, kind: str,
+                per_step: bool) -> Batch:
+    """Numpy batch-major arrays -> a time-major :class:`Batch` of jax arrays."""
+    targets = np.moveaxis(y, 1, 0) if per_step else y  # [T, N(, D)] or [N(, D)]
+    dtype = jnp.int32 if kind == "classification" else jnp.float32
+    if per_step and kind == "classification" and lengths is not None:
+        targets = np.where(_valid_mask(x.shape[0], x.shape[1], lengths).T, targets, 0)
+    return Batch(jnp.asarray(np.moveaxis(x, 1, 0)), jnp.asarray(targets, dtype),
+                 None if lengths is None else jnp.asarray(lengths, jnp.int32))
+
+
+def _step_mask(batch: Batch) -> Array | None:
+    """``[T, B]`` float mask of the valid steps, or None when every step is valid."""
+    if batch.lengths is None:
+        return None
+    T = batch.inputs.shape[0]
+    return (jnp.arange(T)[:, None] < batch.lengths[None, :]).astype(jnp.float32)
+
+
+def _masked_mean(values: Array, batch: Batch, per_step: bool) -> Array:
+    mask = _step_mask(batch) if per_step else None
+    if mask is None:
+        return jnp.mean(values)
+    while mask.ndim < values.ndim:  # [T, B] -> [T, B, 1] for [T, B, D] values
+        mask = mask[..., None]
+    mask = jnp.broadcast_to(mask, values.shape)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _array_losses(kind: str, per_step: bool):
+    """``(loss, metric)`` of an array task: over the valid steps only, for per-step targets."""
+    if kind == "classification":
+        def loss(logits, batch):
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets)
+            return _masked_mean(ce, batch, per_step)
+
+        def metric(logits, batch):
+            hit = (jnp.argmax(logits, axis=-1) == batch.targets).astype(jnp.float32)
+            return _masked_mean(hit, batch, per_step)
+
+        return loss, metric
+
+    def mse(outputs, batch):
+        pred = outputs if batch.targets.ndim == outputs.ndim else outputs[..., 0]
+        return _masked_mean((pred - batch.targets) ** 2, batch, per_step)
+
+    return mse, mse
+
+
+def _baseline_value(kind: str, y: np.ndarray, y_eval: np.ndarray, valid: np.ndarray | None,
+                    valid_eval: np.ndarray | None, num_classes: int) -> tuple[float, str]:
+    """The metric of the best input-ignoring predictor fitted on the training targets."""
+    seen = y if valid is None else y[valid]
+    seen_eval = y_eval if valid_eval is None else y_eval[valid_eval]
+    if kind == "classification":
+        majority = int(np.argmax(np.bincount(seen.ravel(), minlength=num_classes)))
+        return float(np.mean(seen_eval == majority)), "accuracy of the training majority class"
+    mean = seen.reshape(seen.shape[0], -1).mean(0) if seen.ndim > 1 else seen.mean()
+    return float(np.mean((seen_eval - mean) ** 2)), "MSE of the training mean"
+
+
+def from_arrays(
+    x,
+    y,
+    *,
+    lengths=None,
+    x_test=None,
+    y_test=None,
+    lengths_test=None,
+    kind: str | None = None,
+    per_step: bool | None = None,
+    num_classes: int | None = None,
+    name: str = "arrays",
+    description: str = "",
+    references: str = "",
+) -> Task:
+    r"""A :class:`Task` that trains on your arrays; :mod:`rnnlab.train` takes it unchanged.
+
+    ``sample(key, batch_size, T)`` draws ``batch_size`` training sequences
+    uniformly (without replacement within a batch; ``T`` is ignored: the arrays
+    fix it), so with ``rnnlab.train``'s ``fold_in(k_data, step)`` every minibatch
+    is a pure function of (seed, step): runs are reproducible and resume exactly,
+    and vmapped seeds, checkpoints and divergence handling work as for the
+    synthetic tasks. ``task.evaluation`` holds the whole held-out split
+    (``x_test``; the training set when none is given), which
+    :func:`rnnlab.train.evaluate` scores in full: ``metric`` is the accuracy
+    (classification) or the MSE (regression).
+
+    Classification trains on the cross-entropy of logits; regression on the
+    MSE. With per-step targets and ``lengths``, loss and metric average over the
+    valid steps only. The arrays are held by the task (as constants of the
+    compiled programs), so they should fit in device memory.
+
+    Args:
+      x: inputs ``[N, T, F]`` batch-major (``[N, T]`` for one feature), right-padded
+        when ``lengths`` is given (padding is ignored and zeroed; see
+        :func:`pad_sequences`).
+      y: targets. Classification: ints ``[N]`` (one label per sequence) or
+        ``[N, T]`` (one per step). Regression: floats ``[N]`` or ``[N, D]`` per
+        sequence, ``[N, T, D]`` (or ``[N, T]`` with ``per_step=True``) per step.
+      lengths: ``[N]`` valid lengths in ``[1, T]``, or None (every sequence fills T).
+      x_test, y_test, lengths_test: the held-out split, shaped alike (its T may
+        differ from the training T).
+      kind: ``"classification"`` or ``"regression"``; default: classification
+        for integer ``y``, regression otherwise.
+      per_step: targets at every step; default: ``y.ndim == 2`` for
+        classification, ``y.ndim == 3`` for regression.
+      num_classes: the number of classes; default ``max(y, y_test) + 1``.
+      name, description, references: for tables and plots.
+
+    Returns:
+      A :class:`Task` with ``evaluation`` set. Its ``baseline`` is the metric
+      of the best input-ignoring predictor fitted on the training targets (the
+      majority class, or the mean), scored on the evaluation split; ``success``
+      is beating it by 10% (relative), as :meth:`Task.improves_on_baseline`.
+
+    Raises:
+      ValueError or TypeError naming the argument: shapes that do not match
+      (``y`` vs ``x``, ``lengths`` vs ``x``, features of ``x_test`` vs ``x``),
+      labels out of ``[0, num_classes)``, lengths out of ``[1, T]``, NaN or inf
+      in ``x`` at a valid step or in regression targets, one of ``x_test`` and
+      ``y_test`` without the other.
+    """
+    x = _check_x(x, "x")
+    n, T, F = x.shape
+    y_arr = np.asarray(y)
+    if kind is None:
+        integer = np.issubdtype(y_arr.dtype, np.integer) or y_arr.dtype == bool
+        kind = "classification" if integer else "regression"
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None; received {kind!r}.")
+    if per_step is None:
+        per_step = y_arr.ndim == (2 if kind == "classification" else 3)
+    lengths = _check_lengths(lengths, n, T, "lengths")
+    valid = _valid_mask(n, T, lengths)
+    x = _check_finite_and_pad(x, valid, "x")
+    y_arr = _check_y(y_arr, n, T, kind, per_step, "y")
+    if (x_test is None) != (y_test is None):
+        raise ValueError("x_test and y_test must be given together; received "
+                         f"{'x_test' if y_test is None else 'y_test'} alone.")
+    if x_test is None:
+        if lengths_test is not None:
+            raise ValueError("lengths_test needs x_test and y_test; received lengths_test alone.")
+        xt, yt, lt, vt, split = x, y_arr, lengths, valid, "training set (no x_test given)"
+    else:
+        xt = _check_x(x_test, "x_test")
+        if xt.shape[2] != F:
+            raise ValueError(f"x_test must have F = {F} features, as x; received shape "
+                             f"{xt.shape}.")
+        lt = _check_lengths(lengths_test, xt.shape[0], xt.shape[1], "lengths_test")
+        vt = _valid_mask(xt.shape[0], xt.shape[1], lt)
+        xt = _check_finite_and_pad(xt, vt, "x_test")
+        yt = _check_y(y_test, xt.shape[0], xt.shape[1], kind, per_step, "y_test")
+        split = f"{xt.shape[0]} held-out sequences"
+    step_valid, step_valid_t = (valid, vt) if per_step else (None, None)
+    if kind == "classification":
+        if num_classes is None:
+            num_classes = max(int(max(y_arr.max(), yt.max())) + 1, 2)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2; received {num_classes!r}.")
+        _check_labels(y_arr, step_valid, num_classes, "y")
+        _check_labels(yt, step_valid_t, num_classes, "y_test" if x_test is not None else "y")
+        output_size = num_classes
+    else:
+        if num_classes is not None:
+            raise ValueError(f"num_classes is for classification; received {num_classes!r} "
+                             "with kind='regression'.")
+        output_size = 1 if y_arr.ndim == (2 if per_step else 1) else int(y_arr.shape[-1])
+    train_batch = _time_major(x, y_arr, lengths, kind, per_step)
+    evaluation = _time_major(xt, yt, lt, kind, per_step)
+    baseline, baseline_formula = _baseline_value(kind, y_arr, yt, step_valid, step_valid_t,
+                                                 num_classes or 0)
+    loss, metric = _array_losses(kind, per_step)
+    higher = kind == "classification"
+
+    def draw(key: Array, batch_size: int) -> Batch:
+        idx = jax.random.choice(key, n, (batch_size,), replace=batch_size > n)
+        return Batch(
+            train_batch.inputs[:, idx],
+            train_batch.targets[:, idx] if per_step else train_batch.targets[idx],
+            None if train_batch.lengths is None else train_batch.lengths[idx],
+        )
+
+    jitted = jax.jit(draw, static_argnums=1)
+
+    def sample(key: Array, batch_size: int, T: int | None = None) -> Batch:
+        """``batch_size`` training sequences drawn by ``key`` (``T`` is ignored)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1; received {batch_size!r}.")
+        return jitted(key, batch_size)
+
+    def success(outputs: Array, batch: Batch) -> Array:
+        m = metric(outputs, batch)
+        return m > baseline * 1.1 if higher else m < baseline * 0.9
+
+    what = f"{'per-step' if per_step else 'per-sequence'} {kind}"
+    return Task(
+        name=name,
+        description=description or f"{what} on {n} sequences of T = {T}, F = {F}; "
+                                   f"evaluated on the {split}",
+        input_size=F,
+        output_size=output_size,
+        loss_kind="cross_entropy" if kind == "classification" else "mse",
+        per_step=per_step,
+        min_T=1,
+        total_length=lambda _T=None: T,
+        baseline=lambda _T=None: baseline,
+        baseline_formula=baseline_formula,
+        metric_name="accuracy" if kind == "classification" else "mse",
+        higher_is_better=higher,
+        success_criterion=f"evaluation {'accuracy' if higher else 'MSE'} "
+                          f"{'above' if higher else 'below'} the baseline by 10%",
+        sample=sample,
+        loss=loss,
+        metric=metric,
+        success=success,
+        references=references,
+        evaluation=evaluation,
     )
 
 
