@@ -122,8 +122,8 @@ def _results(name, only=None):
         refs[config] = segment_reference(cell, params, xs, c, RESETS, kw.get("lengths"),
                                          kw.get("reverse", False))
     cfg = CONFIGS[GRADIENT_CONFIG]
-    refs["grad"] = jax.grad(lambda p, x, c: _loss(w, *segment_reference(
-        cell, p, x, c, RESETS, cfg["lengths"], cfg["reverse"])), argnums=(0, 1, 2))(
+    refs["grad"] = jax.jit(jax.grad(lambda p, x, c: _loss(w, *segment_reference(
+        cell, p, x, c, RESETS, cfg["lengths"], cfg["reverse"])), argnums=(0, 1, 2)))(
         params, xs, carry)
     return modes, out, refs
 
