@@ -3,6 +3,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 from conftest import CHUNK, equal, small_train_config
 
@@ -88,3 +89,65 @@ def test_bad_configs():
         train.train(rnnlab.lstm(4), ADDING, SMALL, (0,), -1)
     with pytest.raises(ValueError, match="distinct"):
         train.train(rnnlab.lstm(4), ADDING, SMALL, (0, 0), 1)
+
+
+# ----------------------------------------------------------------------------- huge gradients
+
+
+def _irnn_sgd(clip_norm):
+    """The issue's reproduction: irnn(16) on adding, T = 20, B = 8, SGD lr 0.3."""
+    return train.TrainConfig(seq_len=20, batch_size=8, optimizer="sgd", learning_rate=0.3,
+                             clip_norm=clip_norm, eval_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def irnn_at_step_8():
+    """Seeds 0-7 trained 8 steps without clipping; seed 1's gradient at step 8 (finite
+    entries, float64 norm ~2.9e24) and that step's logs."""
+    cfg = _irnn_sgd(None)
+    fns = train.make_train_fns(rnnlab.irnn(16), ADDING, cfg)
+    seeds = jax.numpy.arange(8)
+    state, _ = fns.train_chunk(fns.init(seeds), seeds, 8)
+    after, logs = fns.train_chunk(state, seeds, 1)
+    params = jax.tree.map(lambda a: a[1], state.params)
+    _, k_data, _ = train.seed_keys(1)
+    batch = ADDING.sample(jax.random.fold_in(k_data, 8), cfg.batch_size, cfg.seq_len)
+    grads = jax.grad(lambda p: ADDING.loss(fns.apply(p, batch.inputs, batch.lengths), batch))(
+        params)
+    return after, logs, params, grads
+
+
+def test_huge_finite_gradient_is_logged_and_not_divergence(irnn_at_step_8):
+    after, logs, _, grads = irnn_at_step_8
+    leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
+    assert all(np.all(np.isfinite(g)) for g in leaves)
+    norm64 = np.sqrt(sum(np.sum(g**2) for g in leaves))
+    assert norm64 > 1e24
+    assert not np.isfinite(optax.tree.norm(grads))  # what the log used to hold
+    assert np.isfinite(logs["loss"][1, 0]) and logs["loss"][1, 0] > 1e23
+    np.testing.assert_allclose(logs["grad_norm"][1, 0], norm64, rtol=1e-4)
+    np.testing.assert_allclose(train.global_norm(grads), norm64, rtol=1e-5)
+    np.testing.assert_array_equal(after.diverged, np.zeros(8, bool))
+    np.testing.assert_array_equal(after.diverged_step, np.full(8, -1))
+
+
+def test_clipping_clips_a_huge_finite_gradient(irnn_at_step_8):
+    """optax's clip turns the 2.9e24 gradient into exact zeros (norm inf -> scale 0);
+    rnnlab's clips it to norm 1, so the SGD update has norm lr = 0.3. For an ordinary
+    gradient both clip alike."""
+    _, _, params, grads = irnn_at_step_8
+    opt = train.make_optimizer(_irnn_sgd(1.0))
+    updates, _ = opt.update(grads, opt.init(params), params)
+    leaves = [np.asarray(u, np.float64) for u in jax.tree.leaves(updates)]
+    np.testing.assert_allclose(np.sqrt(sum(np.sum(u**2) for u in leaves)), 0.3, rtol=1e-5)
+    zeros, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    assert all(np.all(np.asarray(z) == 0) for z in jax.tree.leaves(zeros))
+
+    ordinary = jax.tree.map(lambda g: g * 1e-24, grads)  # norm ~2.9
+    ours, _ = train.clip_by_global_norm(1.0).update(ordinary, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(1.0).update(ordinary, optax.EmptyState())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12),
+                 ours, theirs)
+    small = jax.tree.map(lambda g: g * 1e-26, grads)  # norm ~0.03: unchanged
+    kept, _ = train.clip_by_global_norm(1.0).update(small, optax.EmptyState())
+    jax.tree.map(np.testing.assert_array_equal, kept, small)

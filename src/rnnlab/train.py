@@ -8,8 +8,9 @@ output (per-step tasks):
 
 One training step samples a fresh batch from the task, takes the gradient of
 the task's loss, logs the loss, the global gradient norm (before clipping) and
-the parameter norm, and applies an optax update (optionally after
-``optax.clip_by_global_norm``). Seeds are a leading axis: :func:`make_train_fns`
+the parameter norm (both scaled, :func:`global_norm`: finite whenever the
+entries are), and applies an optax update (optionally after
+:func:`clip_by_global_norm`). Seeds are a leading axis: :func:`make_train_fns`
 returns functions that are ``jax.vmap``-ed over it, so S seeds train in one
 compiled program. Everything random is a pure function of ``(seed, step)``::
 
@@ -78,7 +79,8 @@ class TrainConfig:
       batch_size: sequences per step.
       optimizer: a key of :data:`OPTIMIZERS` (``adam``, ``adamw``, ``rmsprop``, ``sgd``).
       learning_rate: the optimizer's step size.
-      clip_norm: ``optax.clip_by_global_norm`` threshold, or None for no clipping.
+      clip_norm: :func:`clip_by_global_norm` threshold (optax's, with a scaled
+        norm), or None for no clipping.
       eval_batch_size: fresh sequences for :func:`evaluate`-style scoring; for a
         task with a fixed held-out set (``task.evaluation``, e.g.
         :func:`rnnlab.tasks.from_arrays`) the whole set is scored, this many
@@ -165,8 +167,9 @@ class TrainState(NamedTuple):
       params: :class:`ModelParams`.
       opt_state: the optax state.
       step: int32, steps taken.
-      diverged: bool, whether a non-finite loss or gradient was met (then the
-        params are frozen at their last finite value).
+      diverged: bool, whether a non-finite loss, gradient entry or update was
+        met (then the params are frozen at their last finite value); a huge
+        but finite gradient is not divergence.
       diverged_step: int32, the step at which that happened, -1 if never.
     """
 
@@ -212,7 +215,58 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     opt = OPTIMIZERS[cfg.optimizer](lr)
     if cfg.clip_norm is None:
         return opt
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    return optax.chain(clip_by_global_norm(cfg.clip_norm), opt)
+
+
+def global_norm(tree: Any) -> Array:
+    r"""The 2-norm of all of a pytree's entries together, taken scaled.
+
+    :math:`m \, (\sum_i (x_i / m)^2)^{1/2}` with :math:`m = \max_i |x_i|`: finite
+    whenever the entries are and the norm is representable (``optax.tree.norm``
+    squares first and returns ``inf`` once the norm passes ~1.8e19 in float32,
+    with every entry finite), 0 for zeros, ``inf``/NaN if an entry is.
+    """
+    leaves = [jnp.abs(x) for x in jax.tree.leaves(tree)]
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    m = jnp.max(jnp.stack([jnp.max(x) for x in leaves]))
+    usable = (m > 0) & jnp.isfinite(m)
+    safe = jnp.where(usable, m, 1.0)
+    total = sum(jnp.sum(jnp.square(x / safe.astype(x.dtype))) for x in leaves)
+    return jnp.where(usable, m * jnp.sqrt(total), m)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` with the norm of :func:`global_norm`.
+
+    Updates whose global norm exceeds ``max_norm`` are rescaled to norm
+    ``max_norm``, computed as ``(g / m) * (max_norm / ||g / m||)`` so that a huge
+    but finite gradient is clipped, not turned into zeros (optax's norm of such
+    a gradient is ``inf``, its scale ``max_norm / inf = 0``). Non-finite entries
+    stay non-finite, for the divergence test to see.
+    """
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        leaves = [jnp.abs(x) for x in jax.tree.leaves(updates)]
+        if not leaves:
+            return updates, state
+        m = jnp.max(jnp.stack([jnp.max(x) for x in leaves]))
+        safe = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+        scaled_norm = jnp.sqrt(sum(jnp.sum(jnp.square(x / safe.astype(x.dtype)))
+                                   for x in leaves))
+        clip = m * scaled_norm > max_norm  # False for a zero (or NaN) norm
+        factor = jnp.where(clip, max_norm / jnp.where(clip, scaled_norm, 1.0), 1.0)
+        updates = jax.tree.map(
+            lambda g: jnp.where(clip, (g / safe.astype(g.dtype)) * factor.astype(g.dtype), g),
+            updates)
+        return updates, state
+
+    return optax.GradientTransformation(init, update)
 
 
 def seed_keys(seed: Array) -> tuple[Array, Array, Array]:
@@ -287,11 +341,12 @@ def make_train_fns(
     def step_one(state: TrainState, k_data: Array) -> tuple[TrainState, dict]:
         batch = task.sample(jax.random.fold_in(k_data, state.step), cfg.batch_size, cfg.seq_len)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-        grad_norm = optax.tree.norm(grads)  # before clipping
+        grad_norm = global_norm(grads)  # before clipping; finite when every entry is
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        finite &= jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        # Diverged: a non-finite loss, gradient entry, update entry or updated parameter.
+        finite = jnp.isfinite(loss) & jnp.all(jnp.array(
+            [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((grads, updates, params))]))
         keep = finite & ~state.diverged
         # A diverged seed is frozen at its last finite params, so NaNs never spread.
         params, opt_state = jax.tree.map(
@@ -306,7 +361,7 @@ def make_train_fns(
             diverged=state.diverged | ~finite,
             diverged_step=jnp.where(newly, state.step, state.diverged_step),
         )
-        logs = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(params)}
+        logs = {"loss": loss, "grad_norm": grad_norm, "param_norm": global_norm(params)}
         # A frozen seed no longer trains: NaN keeps its later history from
         # passing for training progress (the step it diverged at is kept).
         logs = {k: jnp.where(state.diverged, jnp.nan, v) for k, v in logs.items()}
