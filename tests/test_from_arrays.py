@@ -177,6 +177,7 @@ def test_training_beats_chance_and_evaluate_scores_the_whole_test_set(learnable)
                                    atol=1e-6)
 
 
+@pytest.mark.slow  # the driver's resume is tested in test_train.py; this is the array task's
 def test_resume_from_checkpoint_is_exact(learnable, tmp_path):
     task, fns, _ = learnable
     full, h_full = train.train(None, task, CFG, (0,), 30, chunk_size=10, fns=fns)
