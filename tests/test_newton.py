@@ -219,13 +219,15 @@ def test_vmap_over_params_and_jit():
     close(solve(seeds), expected)
 
 
-def test_empty_sequence_and_unbatched_input():
+def test_empty_sequence_and_other_batch_shapes():
     cell, params, xs, _ = _case("lstm")
     c, ys, info = rnnlab.scan(cell, params, xs[:0], mode="newton", return_info=True)
     assert ys.shape == (0, B, H) and int(info.iterations) == 0
     close(c, cell.initial_carry(params, (B,)))
-    close(rnnlab.scan(cell, params, xs[:, 0], mode="quasi-newton"),
+    close(rnnlab.scan(cell, params, xs[:, 0], mode="quasi-newton"),  # no batch axis
           rnnlab.scan(cell, params, xs[:, 0]))
+    xs_2d = jnp.stack([xs, 2 * xs], axis=2)  # [T, B, 2, F]: two batch axes
+    close(rnnlab.scan(cell, params, xs_2d, mode="newton"), rnnlab.scan(cell, params, xs_2d))
 
 
 def test_bad_options_are_clear_errors():

@@ -81,15 +81,15 @@ class NewtonOptions(NamedTuple):
     """Options of ``rnnlab.scan(..., mode="newton" | "quasi-newton", newton=NewtonOptions(...))``.
 
     Attributes:
-      tol: the solve stops when every step's residual satisfies
-        :math:`|s_t - f(s_{t-1}, x_t)| \\le` ``tol`` :math:`(1 + |f(s_{t-1}, x_t)|)`;
+      tol: the solve stops when every step's scaled residual
+        ``|s_t - f(s_{t-1}, x_t)| / (1 + |f(s_{t-1}, x_t)|)`` is at most ``tol``;
         None: 8 ulps of the carry's dtype (about 1e-6 in float32, 2e-15 in float64).
       max_iterations: the iteration cap; None: T, which always gives the
         sequential answer (see :mod:`rnnlab.modes.newton`). A smaller cap may
         stop before convergence; ``on_failure`` says what happens then.
-      damping: :math:`\\beta \\in [0, 1]`, the Jacobians scaled by
-        :math:`1 - \\beta` in the iterations (0: Newton, 1: Picard iteration),
-        for chaotic or stiff dynamics. The derivative is exact at any value.
+      damping: ``beta`` in [0, 1]: the Jacobians scaled by ``1 - beta`` in the
+        iterations (0: Newton, 1: Picard iteration), for chaotic or stiff
+        dynamics. The derivative is exact at any value.
       on_failure: when the cap is reached without convergence: ``"warn"`` (a
         :class:`NewtonNotConvergedWarning` from the host, also under ``jit``),
         ``"nan"`` (the states and outputs become NaN), or ``"ignore"`` (return
