@@ -1,11 +1,25 @@
 """Recurrent cells, each three pure functions (see :class:`rnnlab.Cell`)."""
 
+from rnnlab.cells.antisymmetric import AntisymmetricParams as AntisymmetricParams
+from rnnlab.cells.antisymmetric import antisymmetric as antisymmetric
+from rnnlab.cells.cornn import CoRNNCarry as CoRNNCarry
+from rnnlab.cells.cornn import CoRNNParams as CoRNNParams
+from rnnlab.cells.cornn import cornn as cornn
 from rnnlab.cells.elman import ElmanParams as ElmanParams
 from rnnlab.cells.elman import elman as elman
 from rnnlab.cells.elman import irnn as irnn
 from rnnlab.cells.gru import GRUParams as GRUParams
 from rnnlab.cells.gru import GRUWeights as GRUWeights
 from rnnlab.cells.gru import gru as gru
+from rnnlab.cells.indrnn import IndRNNParams as IndRNNParams
+from rnnlab.cells.indrnn import indrnn as indrnn
+from rnnlab.cells.lem import LEMCarry as LEMCarry
+from rnnlab.cells.lem import LEMParams as LEMParams
+from rnnlab.cells.lem import lem as lem
+from rnnlab.cells.lipschitz import LipschitzParams as LipschitzParams
+from rnnlab.cells.lipschitz import lipschitz as lipschitz
+from rnnlab.cells.lnlstm import LNLSTMParams as LNLSTMParams
+from rnnlab.cells.lnlstm import lnlstm as lnlstm
 from rnnlab.cells.lru import LRUParams as LRUParams
 from rnnlab.cells.lru import lru as lru
 from rnnlab.cells.lstm import LSTMCarry as LSTMCarry
@@ -18,4 +32,13 @@ from rnnlab.cells.minrnn import minlstm as minlstm
 from rnnlab.cells.orthogonal import OrthogonalParams as OrthogonalParams
 from rnnlab.cells.orthogonal import OrthogonalWeights as OrthogonalWeights
 from rnnlab.cells.orthogonal import orthogonal as orthogonal
+from rnnlab.cells.rglru import RGLRUParams as RGLRUParams
+from rnnlab.cells.rglru import rglru as rglru
+from rnnlab.cells.s6 import S6Params as S6Params
+from rnnlab.cells.s6 import s6 as s6
+from rnnlab.cells.slstm import SLSTMCarry as SLSTMCarry
+from rnnlab.cells.slstm import SLSTMParams as SLSTMParams
+from rnnlab.cells.slstm import slstm as slstm
 from rnnlab.cells.stack import stack as stack
+from rnnlab.cells.urnn import URNNParams as URNNParams
+from rnnlab.cells.urnn import urnn as urnn
