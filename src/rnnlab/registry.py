@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from rnnlab.cell import Cell
@@ -158,4 +159,112 @@ register(
     description="expRNN, W = expm(A - A^T), modReLU (Lezcano-Casado et al. 2019)",
     tags=("modern",),
     decay_bound=_one,
+)
+
+# ----------------------------------------------------------------------------- the zoo (issue 19)
+
+from rnnlab.cells import (  # noqa: E402  (kept with the entries it serves)
+    antisymmetric,
+    cornn,
+    indrnn,
+    lem,
+    lipschitz,
+    lnlstm,
+    rglru,
+    s6,
+    slstm,
+    urnn,
+)
+
+
+def _indrnn_bound(recurrent_max):
+    def bound(params) -> Any:
+        # dh_t/dh_{t-1} = diag(phi' u~), |phi'| <= 1: max|u~|**k, attained by active ReLUs.
+        u = params.u if recurrent_max is None else jnp.clip(params.u, -recurrent_max,
+                                                            recurrent_max)
+        return jnp.max(jnp.abs(u))
+
+    return bound
+
+
+def _below_one(params) -> Any:
+    # a_t in (0, 1) for every input (RG-LRU, S6): ||dh_t/dh_{t-1}|| = max a_t < 1.
+    return jnp.ones((), jax.tree.leaves(params)[0].dtype)
+
+
+register(
+    "indrnn",
+    indrnn,
+    description="IndRNN, ReLU, elementwise recurrence (Li et al. 2018)",
+    tags=("stable", "zoo"),
+    decay_bound=_indrnn_bound(None),
+)
+register(
+    "indrnn-clip",
+    functools.partial(indrnn, recurrent_max=2.0 ** (1 / 100)),
+    description="IndRNN, |u| <= 2^(1/100), the paper's constraint for T = 100",
+    tags=("stable", "zoo"),
+    decay_bound=_indrnn_bound(2.0 ** (1 / 100)),
+)
+register(
+    "antisymmetric",
+    antisymmetric,
+    description="AntisymmetricRNN, W - W^T - gamma I, Euler (Chang et al. 2019)",
+    tags=("stable", "zoo"),
+)
+register(
+    "antisymmetric-gated",
+    functools.partial(antisymmetric, gated=True),
+    description="gated AntisymmetricRNN (Chang et al. 2019)",
+    tags=("stable", "zoo"),
+)
+register(
+    "cornn",
+    cornn,
+    description="coRNN, coupled damped oscillators, IMEX (Rusch & Mishra 2021)",
+    tags=("stable", "zoo"),
+)
+register(
+    "lem",
+    lem,
+    description="LEM, multiscale learned time steps (Rusch et al. 2022)",
+    tags=("stable", "zoo"),
+)
+register(
+    "lipschitz",
+    lipschitz,
+    description="Lipschitz RNN, A_beta h + tanh(W_beta h + Ux) (Erichson et al. 2021)",
+    tags=("stable", "zoo"),
+)
+register(
+    "urnn",
+    urnn,
+    description="uRNN, unitary D R F^-1 D P R F D, complex (Arjovsky et al. 2016)",
+    tags=("stable", "zoo", "complex"),
+)
+register(
+    "slstm",
+    slstm,
+    description="sLSTM, exponential gates, normaliser, stabiliser (Beck et al. 2024)",
+    tags=("gated", "zoo"),
+)
+register(
+    "lnlstm",
+    lnlstm,
+    description="LSTM with layer normalisation (Ba et al. 2016)",
+    tags=("gated", "zoo"),
+)
+register(
+    "rglru",
+    rglru,
+    description="RG-LRU, gated real diagonal (De et al. 2024, Griffin)",
+    tags=("modern", "parallel", "zoo"),
+    decay_bound=_below_one,
+)
+register(
+    "s6",
+    s6,
+    description="S6, Mamba's selective diagonal SSM, N = 16 (Gu & Dao 2023)",
+    tags=("modern", "parallel", "zoo"),
+    decay_bound=_below_one,
 )
