@@ -105,7 +105,7 @@ def np_urnn(p, h, x, seed=0):  # Arjovsky et al. eq. 6, as dense matrices
     z = (W @ h.T).T + x @ (p.V_re + 1j * p.V_im)
     mod = np.abs(z)
     h = np.where(mod + p.b >= 0, (mod + p.b) * z / np.where(mod > 0, mod, 1), 0)
-    return h, np.concatenate([h.real, h.imag], -1)
+    return h, np.concatenate([h.real, h.imag], -1) @ p.U + p.b_o
 
 
 def np_slstm(p, carry, x, exp_forget=False):  # Beck et al. eqs. 8-17

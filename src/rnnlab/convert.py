@@ -483,3 +483,123 @@ def _check_params(params: Any, kind: str) -> tuple[int, int]:
                 f"params.{f} must have shape ({G * H},) for kind={kind!r}; received shape {b}."
             )
     return W_x.shape[0], H
+
+
+# ----------------------------------------------------- whole PyTorch modules (issue 19)
+
+
+def _torch_layout(state_dict: Mapping[str, Any], prefix: str) -> tuple[int, bool]:
+    """(num_layers, bidirectional) read off the keys ``weight_ih_l{k}[_reverse]``."""
+    num_layers = 0
+    while _torch_key("weight_ih", num_layers, False, prefix) in state_dict:
+        num_layers += 1
+    if num_layers == 0:
+        raise ValueError(
+            f"state_dict must hold key {_torch_key('weight_ih', 0, False, prefix)!r}; "
+            f"received keys {sorted(state_dict)}."
+        )
+    return num_layers, _torch_key("weight_ih", 0, True, prefix) in state_dict
+
+
+def from_torch_rnn(
+    state_dict: Mapping[str, Any], kind: str, *, prefix: str = ""
+) -> tuple[Any, ...]:
+    """Converts a whole PyTorch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` state dict, any
+    ``num_layers`` and ``bidirectional``, to params for :func:`rnnlab.layers.rnn`.
+
+    ``torch.nn.LSTM(F, H, num_layers=K, bidirectional=True)`` computes what
+    ``rnnlab.layers.rnn(rnnlab.lstm(H), params, xs, bidirectional=True)`` computes,
+    outputs and final states (:func:`carries_to_torch` gives ``(h_n, c_n)``).
+    The layout is read off the keys. ``proj_size > 0`` is refused (rnnlab has no
+    projected LSTM yet).
+
+    Returns:
+      K layer params, bottom first; each a ``(forward, backward)`` pair for a
+      bidirectional module.
+    """
+    _kind(kind)
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"state_dict must be a mapping of key to numpy array; received "
+            f"{type(state_dict).__name__}."
+        )
+    num_layers, bidir = _torch_layout(state_dict, prefix)
+    if not bidir:
+        return tuple(from_torch(state_dict, kind, layer=k, prefix=prefix)
+                     for k in range(num_layers))
+    return tuple(
+        (from_torch(state_dict, kind, layer=k, prefix=prefix),
+         from_torch(state_dict, kind, layer=k, reverse=True, prefix=prefix))
+        for k in range(num_layers)
+    )
+
+
+def to_torch_rnn(
+    params: Sequence[Any], kind: str, *, bidirectional: bool, prefix: str = ""
+) -> dict[str, np.ndarray]:
+    """The inverse of :func:`from_torch_rnn`: a whole module's state dict."""
+    out: dict[str, np.ndarray] = {}
+    for k, p in enumerate(params):
+        if bidirectional:
+            out.update(to_torch(p[0], kind, layer=k, prefix=prefix))
+            out.update(to_torch(p[1], kind, layer=k, reverse=True, prefix=prefix))
+        else:
+            out.update(to_torch(p, kind, layer=k, prefix=prefix))
+    return out
+
+
+def carries_from_torch(
+    kind: str, h_0: Any, c_0: Any = None, *, bidirectional: bool = False
+) -> tuple[Any, ...]:
+    """PyTorch initial states ``[layers*directions, *batch, H]`` to carries for
+    :func:`rnnlab.layers.rnn`.
+
+    Row ``k * D + d`` is layer ``k``, direction ``d`` (0 forward), as in PyTorch. The
+    LSTM's carry is built by keyword, ``LSTMCarry(c=c_0[i], h=h_0[i])``, because
+    PyTorch's order ``(h_0, c_0)`` is the reverse of :class:`rnnlab.LSTMCarry`'s.
+
+    Args:
+      kind: ``"lstm"``, ``"gru"`` or ``"elman"``.
+      h_0: ``[K*D, *batch, H]``.
+      c_0: ``[K*D, *batch, H]`` for the LSTM; None otherwise.
+      bidirectional: D = 2 if True.
+
+    Returns:
+      K carries (``(forward, backward)`` pairs when bidirectional).
+    """
+    from rnnlab.cells.lstm import LSTMCarry
+
+    _kind(kind)
+    h_0 = jnp.asarray(h_0)
+    if (kind == "lstm") != (c_0 is not None):
+        raise ValueError(
+            f"c_0 must be given for kind='lstm' and only then; received kind={kind!r} with "
+            f"c_0 {'given' if c_0 is not None else 'None'}."
+        )
+    D = 2 if bidirectional else 1
+    if h_0.ndim < 2 or h_0.shape[0] % D:
+        raise ValueError(
+            f"h_0 must have shape [layers*{D}, *batch, H]; received shape {h_0.shape}."
+        )
+    if c_0 is not None:
+        c_0 = jnp.asarray(c_0)
+        if c_0.shape != h_0.shape:
+            raise ValueError(f"c_0 must have h_0's shape {h_0.shape}; received {c_0.shape}.")
+
+    def one(i):
+        return h_0[i] if c_0 is None else LSTMCarry(c=c_0[i], h=h_0[i])
+
+    K = h_0.shape[0] // D
+    if not bidirectional:
+        return tuple(one(k) for k in range(K))
+    return tuple((one(2 * k), one(2 * k + 1)) for k in range(K))
+
+
+def carries_to_torch(kind: str, carries: Sequence[Any], *, bidirectional: bool = False):
+    """The inverse of :func:`carries_from_torch`: ``h_n`` (and ``(h_n, c_n)`` for the
+    LSTM), ``[layers*directions, *batch, H]``."""
+    _kind(kind)
+    flat = [c for pair in carries for c in pair] if bidirectional else list(carries)
+    if kind == "lstm":
+        return jnp.stack([c.h for c in flat]), jnp.stack([c.c for c in flat])
+    return jnp.stack(flat)

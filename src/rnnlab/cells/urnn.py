@@ -21,6 +21,8 @@ class URNNParams(NamedTuple):
     V_re: Array  # [F, N] real part of the input matrix V
     V_im: Array  # [F, N] imaginary part
     b: Array  # [N] modReLU bias
+    U: Array  # [2N, O] output weights on [Re h, Im h]
+    b_o: Array  # [O] output bias
 
 
 def _reflect(h: Array, v: Array) -> Array:
@@ -58,6 +60,7 @@ def modrelu(z: Array, b: Array) -> Array:
 def urnn(
     hidden_size: int,
     *,
+    output_size: int | None = None,
     permutation_seed: int = 0,
     bias_scale: float = 0.01,
     param_dtype=jnp.float32,
@@ -67,7 +70,7 @@ def urnn(
     .. math::
         W &= D_3 R_2 \mathcal F^{-1} D_2 \Pi R_1 \mathcal F D_1 \\
         h_t &= \mathrm{modReLU}(W h_{t-1} + V^\top x_t;\ b), \qquad
-        y_t = [\mathrm{Re}\, h_t, \mathrm{Im}\, h_t]
+        y_t = [\mathrm{Re}\, h_t, \mathrm{Im}\, h_t]\, U + b_o
 
     with :math:`D_j = \mathrm{diag}(e^{i\theta_j})`, reflections
     :math:`R_j = I - 2 v_j v_j^* / \|v_j\|^2`, the unitary DFT
@@ -78,18 +81,18 @@ def urnn(
     linear part preserves norms exactly; the modReLU's tangential gain
     :math:`(|z| + b)/|z|` exceeds 1 where :math:`b > 0`, so there is no
     closed-form per-step bound below a data-dependent one, and the registry
-    gives no ``decay_bound``. The paper's real output layer
-    :math:`U [\mathrm{Re}\,h, \mathrm{Im}\,h] + b_o` is left to the readout;
-    ``y`` has ``2N`` features.
+    gives no ``decay_bound``. The output is the paper's real output layer.
 
     Params (:class:`URNNParams`), all real: ``theta [3, N]`` uniform in
     :math:`[-\pi, \pi]`, ``v_re, v_im [2, N]`` uniform in [-1, 1],
     ``V_re, V_im [F, N]`` with entries :math:`\mathcal N(0, 1/(2F))`,
-    ``b [N]`` uniform in ``[-bias_scale, bias_scale]``.
+    ``b [N]`` uniform in ``[-bias_scale, bias_scale]``, ``U [2N, O]`` with entries
+    :math:`\mathcal N(0, 1/(2N))`, ``b_o [O]`` zeros.
     Carry: ``h [*batch, N]`` complex (complex64 for float32 params), zeros initially.
 
     Args:
       hidden_size: N, the number of complex units.
+      output_size: O; ``hidden_size`` if None.
       permutation_seed: seed of the fixed permutation :math:`\Pi`.
       bias_scale: range of the modReLU bias at initialisation.
       param_dtype: real dtype of the parameters.
@@ -100,11 +103,12 @@ def urnn(
     """
     check_positive_int(hidden_size, "hidden_size")
     N = hidden_size
+    out = N if output_size is None else check_positive_int(output_size, "output_size")
     permutation = np.random.default_rng(permutation_seed).permutation(N)
 
     def init(key, input_size: int) -> URNNParams:
         check_positive_int(input_size, "input_size")
-        k_t, k_vr, k_vi, k_Vr, k_Vi, k_b = jax.random.split(key, 6)
+        k_t, k_vr, k_vi, k_Vr, k_Vi, k_b, k_u = jax.random.split(key, 7)
         std = 1.0 / jnp.sqrt(2.0 * input_size)
         return URNNParams(
             theta=jax.random.uniform(k_t, (3, N), param_dtype, -jnp.pi, jnp.pi),
@@ -113,6 +117,8 @@ def urnn(
             V_re=std * jax.random.normal(k_Vr, (input_size, N), param_dtype),
             V_im=std * jax.random.normal(k_Vi, (input_size, N), param_dtype),
             b=jax.random.uniform(k_b, (N,), param_dtype, -bias_scale, bias_scale),
+            U=jax.random.normal(k_u, (2 * N, out), param_dtype) / jnp.sqrt(2.0 * N),
+            b_o=jnp.zeros((out,), param_dtype),
         )
 
     def initial_carry(params: URNNParams, batch_shape=()) -> Array:
@@ -125,6 +131,7 @@ def urnn(
         pre = unitary_apply(params, h, permutation) + jax.lax.complex(
             x @ params.V_re, x @ params.V_im).astype(h.dtype)
         h = modrelu(pre, params.b)
-        return h, jnp.concatenate([h.real, h.imag], axis=-1)
+        y = jnp.concatenate([h.real, h.imag], axis=-1) @ params.U
+        return h, y + params.b_o.reshape((1,) * (y.ndim - 1) + params.b_o.shape)
 
     return Cell(init, initial_carry, step)
