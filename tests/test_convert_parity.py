@@ -162,3 +162,88 @@ def test_projected_lstm_is_refused_by_name():
     sd["weight_hr_l0"] = np.zeros((2, Hn))
     with pytest.raises(ValueError, match="proj_size"):
         convert.from_torch_rnn(sd, "lstm")
+
+
+# ----------------------------------------------------------------------------- Keras
+
+
+def keras_layer(kind, weights, xs, mask, reset_after=True):
+    """Keras 3's SimpleRNN/LSTM/GRU (return_sequences=True, return_state=True) from its
+    documented equations: kernel [F, G*H], recurrent_kernel [H, G*H]; LSTM gates
+    (i, f, c, o); GRU gates (z, r, h), ``h = z * h_prev + (1 - z) * hh``. At a masked
+    step the states are carried and the output repeats the previous output."""
+    K, R, b = weights
+    H = R.shape[0]
+    h = np.zeros((xs.shape[1], H))
+    c = np.zeros_like(h)
+    y_prev = np.zeros_like(h)
+    ys = []
+    for t in range(xs.shape[0]):
+        x = xs[t]
+        if kind == "elman":
+            h_new = np.tanh(x @ K + h @ R + b)
+            c_new, y = c, h_new
+        elif kind == "lstm":
+            i, f, g, o = np.split(x @ K + h @ R + b, 4, -1)
+            c_new = _sig(f) * c + _sig(i) * np.tanh(g)
+            h_new = _sig(o) * np.tanh(c_new)
+            y = h_new
+        else:
+            Kz, Kr, Kh = np.split(K, 3, -1)
+            Rz, Rr, Rh = np.split(R, 3, -1)
+            bi, bh = (b[0], b[1]) if reset_after else (b, np.zeros_like(b))
+            biz, bir, bih = np.split(bi, 3)
+            bhz, bhr, bhh = np.split(bh, 3)
+            z = _sig(x @ Kz + biz + h @ Rz + bhz)
+            r = _sig(x @ Kr + bir + h @ Rr + bhr)
+            if reset_after:
+                hh = np.tanh(x @ Kh + bih + r * (h @ Rh + bhh))
+            else:
+                hh = np.tanh(x @ Kh + bih + (r * h) @ Rh)
+            h_new = z * h + (1 - z) * hh
+            c_new, y = c, h_new
+        m = mask[t][:, None]
+        h, c = np.where(m, h_new, h), np.where(m, c_new, c)
+        y = np.where(m, y, y_prev)
+        y_prev = y
+        ys.append(y)
+    return np.stack(ys), h, c
+
+
+@pytest.mark.parametrize("kind, reset_after", [
+    ("elman", True), ("lstm", True), ("gru", True), ("gru", False),
+])
+def test_from_keras_equals_keras_equations(kind, reset_after):
+    rng = np.random.default_rng(2)
+    G = GATES[kind]
+    bias_shape = (2, G * Hn) if kind == "gru" and reset_after else (G * Hn,)
+    weights = [rng.normal(0, 0.5, (Fn, G * Hn)), rng.normal(0, 0.5, (Hn, G * Hn)),
+               rng.normal(0, 0.5, bias_shape)]
+    xs = rng.normal(size=(Tn, Bn, Fn))
+    lengths = np.array([Tn, 4, 1])
+    mask = np.arange(Tn)[:, None] < lengths[None, :]
+    want_y, want_h, want_c = keras_layer(kind, weights, xs, mask, reset_after)
+
+    cell, params = convert.from_keras_cell([w.astype(np.float32) for w in weights], kind)
+    final, ys = rnnlab.scan(cell, params, jnp.asarray(xs, jnp.float32),
+                            lengths=jnp.asarray(lengths))
+    # Equal at every valid step; rnnlab writes zeros where Keras repeats the last output.
+    close(jnp.where(mask[..., None], ys, 0), np.where(mask[..., None], want_y, 0), tol=1e-5)
+    assert np.all(np.asarray(ys)[~mask] == 0)
+    if kind == "lstm":
+        close(final, rnnlab.LSTMCarry(c=want_c, h=want_h), tol=1e-5)
+    else:
+        close(final, want_h, tol=1e-5)
+    back = convert.to_keras(params, kind, reset_after=reset_after)
+    for got, w in zip(back, weights, strict=True):
+        close(got, w.astype(np.float32), tol=1e-6)
+
+
+def test_keras_errors_name_the_argument():
+    with pytest.raises(ValueError, match="get_weights"):
+        convert.from_keras([np.zeros((2, 4))], "elman")
+    with pytest.raises(ValueError, match="shape"):
+        convert.from_keras([np.zeros((2, 8)), np.zeros((4, 8)), np.zeros(8)], "lstm")
+    params = convert.from_keras([np.zeros((2, 12)), np.zeros((4, 12)), np.ones((2, 12))], "gru")
+    with pytest.raises(ValueError, match="b_h"):
+        convert.to_keras(params, "gru", reset_after=False)

@@ -603,3 +603,105 @@ def carries_to_torch(kind: str, carries: Sequence[Any], *, bidirectional: bool =
     if kind == "lstm":
         return jnp.stack([c.h for c in flat]), jnp.stack([c.c for c in flat])
     return jnp.stack(flat)
+
+
+# ---------------------------------------------------------------------------- Keras (issue 19)
+
+#: Keras' GRU blocks are (z, r, h); rnnlab's (r, z, n): the same permutation both ways.
+_KERAS_GRU_ORDER = (1, 0, 2)
+
+
+def _reorder(a: Any, order: tuple[int, ...]) -> jnp.ndarray:
+    blocks = jnp.split(jnp.asarray(a), len(order), axis=-1)
+    return jnp.concatenate([blocks[i] for i in order], axis=-1)
+
+
+def keras_reset_after(weights: Sequence[Any]) -> bool:
+    """Whether a Keras GRU's ``get_weights()`` is ``reset_after=True``: its bias is
+    ``[2, 3H]`` (input and recurrent biases) rather than ``[3H]``."""
+    return np.ndim(weights[2]) == 2
+
+
+def from_keras(weights: Sequence[Any], kind: str) -> Params:
+    r"""Converts a Keras 3 ``SimpleRNN``/``LSTM``/``GRU`` layer's ``get_weights()``.
+
+    Keras keeps ``[kernel [F, G*H], recurrent_kernel [H, G*H], bias]`` in the
+    row-vector convention, as rnnlab does. Gate orders: LSTM (i, f, c, o), the
+    same as rnnlab's; GRU (z, r, h), permuted to rnnlab's (r, z, n). A GRU's bias
+    is ``[2, 3H]`` for ``reset_after=True`` (Keras' default: input and recurrent
+    biases, ``b_x, b_h``) and ``[3H]`` for ``reset_after=False`` (``b_x``, with
+    ``b_h = 0``); build the cell with ``rnnlab.gru(H, reset_after=...)``
+    (:func:`keras_reset_after`), or use :func:`from_keras_cell`. Keras' defaults
+    (``activation="tanh"``, ``recurrent_activation="sigmoid"``) are assumed.
+
+    Masking: with a right-padding mask Keras carries the state through masked
+    steps (as ``rnnlab.scan(..., lengths=...)`` does, so the final states agree),
+    but its ``return_sequences`` output repeats the last valid output at masked
+    steps where rnnlab writes zeros.
+
+    Args:
+      weights: the list ``layer.get_weights()`` returns (numpy arrays).
+      kind: ``"elman"`` (SimpleRNN), ``"lstm"`` or ``"gru"``.
+
+    Returns:
+      :class:`ElmanParams`, :class:`LSTMParams` or :class:`GRUParams`.
+    """
+    spec = _kind(kind)
+    if not isinstance(weights, (list, tuple)) or len(weights) != 3:
+        raise ValueError(
+            "weights must be the list [kernel, recurrent_kernel, bias] of a Keras layer's "
+            f"get_weights() (use_bias=True); received {type(weights).__name__}"
+            + (f" of length {len(weights)}" if isinstance(weights, (list, tuple)) else "")
+            + "."
+        )
+    G = spec.gates
+    ws = dict(enumerate(weights))
+    H = _get(ws, (1,), (None, None), "weights").shape[0]
+    R = _get(ws, (1,), (H, G * H), "weights")
+    K = _get(ws, (0,), (None, G * H), "weights")
+    if kind != "gru":
+        b = _get(ws, (2,), (G * H,), "weights")
+        return spec.params_type(K, R, b)
+    if keras_reset_after(weights):
+        b = _get(ws, (2,), (2, G * H), "weights")
+        b_x, b_h = b[0], b[1]
+    else:
+        b_x = _get(ws, (2,), (G * H,), "weights")
+        b_h = jnp.zeros_like(b_x)
+    o = _KERAS_GRU_ORDER
+    return GRUParams(_reorder(K, o), _reorder(R, o), _reorder(b_x, o), _reorder(b_h, o))
+
+
+def from_keras_cell(weights: Sequence[Any], kind: str, **options: Any) -> tuple[Any, Params]:
+    """``(cell, params)``: :func:`from_keras` and the matching rnnlab cell (a GRU's
+    ``reset_after`` read off its bias); ``options`` go to the factory (e.g.
+    ``nonlinearity="relu"`` for a ReLU SimpleRNN)."""
+    from rnnlab.cells import elman, gru, lstm
+
+    params = from_keras(weights, kind)
+    H = params.W_h.shape[0]
+    if kind == "gru":
+        return gru(H, reset_after=keras_reset_after(weights), **options), params
+    return (lstm if kind == "lstm" else elman)(H, **options), params
+
+
+def to_keras(params: Params, kind: str, *, reset_after: bool = True) -> list[np.ndarray]:
+    """The inverse of :func:`from_keras`: the list for ``layer.set_weights``.
+
+    For a GRU with ``reset_after=False`` Keras has no recurrent bias: ``b_h`` must be
+    zero (it is after :func:`from_keras`), else a ValueError.
+    """
+    _check_params(params, kind)
+    if kind != "gru":
+        return [np.asarray(params.W_x), np.asarray(params.W_h), np.asarray(params.b)]
+    o = _KERAS_GRU_ORDER  # its own inverse
+    K, R = _reorder(params.W_x, o), _reorder(params.W_h, o)
+    b_x, b_h = _reorder(params.b_x, o), _reorder(params.b_h, o)
+    if reset_after:
+        return [np.asarray(K), np.asarray(R), np.asarray(jnp.stack([b_x, b_h]))]
+    if np.any(np.asarray(params.b_h) != 0):
+        raise ValueError(
+            "params.b_h must be zero for a Keras GRU with reset_after=False (it has one bias); "
+            "received a non-zero b_h."
+        )
+    return [np.asarray(K), np.asarray(R), np.asarray(b_x)]
