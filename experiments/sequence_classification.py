@@ -45,11 +45,15 @@ class SequenceClassificationConfig:
     """python experiments/sequence_classification.py [--dataset mnist1d,japanese-vowels]
     [--cells gru,lstm] [--quick] (or --replot RESULTS_FOLDER)
 
-    Expect (64 units, Adam 3e-3 cosine, no clipping, 2 seeds; mean test accuracy on the
-    2-core CPU, see docs/data.md for the whole table and the commands): on MNIST-1D the
-    GRU reaches about 96-97% (the paper's GRU: 91%), the LSTM about 91-95%, the tanh RNN
-    far less; on Japanese Vowels the GRU and the LSTM reach about 97-98%. The default
-    run takes about 10 minutes here. --quick is a smoke test whose numbers mean nothing.
+    Expect (64 units, last valid step -> linear readout, Adam 3e-3 cosine, no clipping, 2
+    seeds; mean test accuracy, 2-core CPU; table and figures in docs/data.md): the
+    default run (about 5 minutes) gives on MNIST-1D gru 96.3%, lstm 95.1%, elman-tanh
+    35.9% (the paper's bidirectional 6-unit GRU: 91%, its CNN 94%); on Japanese Vowels
+    gru 97.4%, lstm 97.4%, elman-tanh 96.6%. With --dataset
+    mnist1d-shuffled,digits,digits-permuted (about 9 minutes): shuffled MNIST-1D gru
+    49.4%, lstm 48.0%, elman-tanh 35.3% (the paper's GRU: 57%); digits lstm 92.7%, gru
+    91.1%, elman-tanh 82.0%; permuted digits gru 85.1%, lstm 84.0%, elman-tanh 83.2%.
+    --quick is a smoke test whose numbers mean nothing.
     """
 
     datasets: tuple[str, ...] = dataclasses.field(
