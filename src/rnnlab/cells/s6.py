@@ -124,7 +124,8 @@ def s6(
         a = jnp.exp(delta[..., :, None] * _lead(A, rank))
         b = (delta * u)[..., :, None] * B[..., None, :]
         lead = delta.shape[:-1]
-        return a.reshape(lead + (-1,)), b.reshape(lead + (-1,))
+        size = params.A_log.size  # not -1: a batch of size 0 must reshape too
+        return a.reshape(lead + (size,)), b.reshape(lead + (size,))
 
     def readout(params: S6Params, hs: Array, xs: Array) -> Array:
         u, _, _, C = selective(params, xs)
