@@ -1,9 +1,11 @@
-"""Whole PyTorch modules: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` of any ``num_layers`` and
-``bidirectional`` against a numpy transcription of PyTorch's documented equations
-(torch.nn.LSTM's docs: gate order (i, f, g, o), ``x W_ih^T + b_ih + h W_hh^T + b_hh``;
-GRU (r, z, n) with ``r * (W_hn h + b_hn)``; packed sequences: the backward direction
-starts at each sequence's last valid step, padded outputs are 0). PyTorch is not
-imported: state dicts are made here with its key names and shapes."""
+"""Whole PyTorch and Keras layers, PyTorch and Keras not imported.
+
+PyTorch: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` of any ``num_layers`` and ``bidirectional``
+(and ``proj_size`` for the LSTM) against a numpy transcription of PyTorch's documented
+equations (gate order (i, f, g, o), ``x W_ih^T + b_ih + h W_hh^T + b_hh``; GRU (r, z, n)
+with ``r * (W_hn h + b_hn)``; packed sequences: the backward direction starts at each
+sequence's last valid step, padded outputs are 0). State dicts are made here with
+PyTorch's key names and shapes. Keras: below, against Keras' equations."""
 
 from __future__ import annotations
 
@@ -157,11 +159,50 @@ def test_interlayer_dropout_only_with_a_key():
         layers.rnn(cell, params, xs, dropout=1.0)
 
 
-def test_projected_lstm_is_refused_by_name():
-    sd = torch_state_dict("lstm", 1, False)
-    sd["weight_hr_l0"] = np.zeros((2, Hn))
-    with pytest.raises(ValueError, match="proj_size"):
-        convert.from_torch_rnn(sd, "lstm")
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_projected_lstm_equals_pytorch_equations(bidirectional):
+    """nn.LSTM(proj_size=P): h_t = W_hr (o * tanh(c_t)), h of size P (PyTorch's docs)."""
+    P, K, D = 3, 2, 2 if bidirectional else 1
+    rng = np.random.default_rng(4)
+    sd = {}
+    for k in range(K):
+        for sfx in ("", "_reverse")[:D]:
+            sd[f"weight_ih_l{k}{sfx}"] = rng.normal(0, 0.5, (4 * Hn, Fn if k == 0 else D * P))
+            sd[f"weight_hh_l{k}{sfx}"] = rng.normal(0, 0.5, (4 * Hn, P))
+            sd[f"bias_ih_l{k}{sfx}"] = rng.normal(0, 0.5, (4 * Hn,))
+            sd[f"bias_hh_l{k}{sfx}"] = rng.normal(0, 0.5, (4 * Hn,))
+            sd[f"weight_hr_l{k}{sfx}"] = rng.normal(0, 0.5, (P, Hn))
+    xs = rng.normal(size=(Tn, Bn, Fn))
+    lengths = np.array([Tn, 2, 5])
+    h0 = rng.normal(0, 0.5, (K * D, Bn, P))
+    c0 = rng.normal(0, 0.5, (K * D, Bn, Hn))
+    hn, cn, inp = np.zeros_like(h0), np.zeros_like(c0), xs
+    for k in range(K):
+        out = np.zeros((Tn, Bn, D * P))
+        for d in range(D):
+            sfx, i = ("_reverse" if d else ""), k * D + d
+            w_ih, w_hh, b_ih, b_hh, w_hr = (sd[f"{n}_l{k}{sfx}"] for n in (
+                "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+            for b in range(Bn):
+                h, c = h0[i, b], c0[i, b]
+                for t in (range(lengths[b] - 1, -1, -1) if d else range(lengths[b])):
+                    gi, gf, gg, go = np.split(inp[t, b] @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 4)
+                    c = _sig(gf) * c + _sig(gi) * np.tanh(gg)
+                    h = w_hr @ (_sig(go) * np.tanh(c))
+                    out[t, b, d * P:(d + 1) * P] = h
+                hn[i, b], cn[i, b] = h, c
+        inp = out
+    params = convert.from_torch_rnn({k: v.astype(np.float32) for k, v in sd.items()}, "lstm")
+    carry = convert.carries_from_torch("lstm", h0.astype(np.float32), c0.astype(np.float32),
+                                       bidirectional=bidirectional)
+    finals, ys = layers.rnn(rnnlab.lstmp(Hn, P), params, jnp.asarray(xs, jnp.float32),
+                            bidirectional=bidirectional, carry=carry,
+                            lengths=jnp.asarray(lengths))
+    close(ys, inp, tol=1e-5)
+    close(convert.carries_to_torch("lstm", finals, bidirectional=bidirectional), (hn, cn),
+          tol=1e-5)
+    with pytest.raises(ValueError, match="weight_hr"):
+        convert.from_torch_rnn(sd, "gru")
 
 
 # ----------------------------------------------------------------------------- Keras

@@ -45,6 +45,7 @@ from rnnlab.cells import LNLSTMParams as LNLSTMParams
 from rnnlab.cells import LRUParams as LRUParams
 from rnnlab.cells import LSTMCarry as LSTMCarry
 from rnnlab.cells import LSTMParams as LSTMParams
+from rnnlab.cells import LSTMPParams as LSTMPParams
 from rnnlab.cells import MinGRUParams as MinGRUParams
 from rnnlab.cells import MinLSTMParams as MinLSTMParams
 from rnnlab.cells import OrthogonalParams as OrthogonalParams
@@ -67,6 +68,7 @@ from rnnlab.cells import lipschitz as lipschitz
 from rnnlab.cells import lnlstm as lnlstm
 from rnnlab.cells import lru as lru
 from rnnlab.cells import lstm as lstm
+from rnnlab.cells import lstmp as lstmp
 from rnnlab.cells import mingru as mingru
 from rnnlab.cells import minlstm as minlstm
 from rnnlab.cells import orthogonal as orthogonal

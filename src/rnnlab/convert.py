@@ -510,8 +510,9 @@ def from_torch_rnn(
     ``torch.nn.LSTM(F, H, num_layers=K, bidirectional=True)`` computes what
     ``rnnlab.layers.rnn(rnnlab.lstm(H), params, xs, bidirectional=True)`` computes,
     outputs and final states (:func:`carries_to_torch` gives ``(h_n, c_n)``).
-    The layout is read off the keys. ``proj_size > 0`` is refused (rnnlab has no
-    projected LSTM yet).
+    The layout is read off the keys. An LSTM with ``proj_size = P > 0`` (keys
+    ``weight_hr_l{k}``) gives :class:`rnnlab.cells.lstmp.LSTMPParams`, for the cell
+    ``rnnlab.lstmp(H, P)``.
 
     Returns:
       K layer params, bottom first; each a ``(forward, backward)`` pair for a
@@ -524,14 +525,37 @@ def from_torch_rnn(
             f"{type(state_dict).__name__}."
         )
     num_layers, bidir = _torch_layout(state_dict, prefix)
+    one = _from_torch_lstmp if _torch_key("weight_hr", 0, False, prefix) in state_dict else (
+        from_torch)
+    if one is _from_torch_lstmp and kind != "lstm":
+        raise ValueError(f"state_dict holds 'weight_hr' keys (proj_size > 0), which only "
+                         f"kind='lstm' has; received kind={kind!r}.")
     if not bidir:
-        return tuple(from_torch(state_dict, kind, layer=k, prefix=prefix)
-                     for k in range(num_layers))
+        return tuple(one(state_dict, kind, layer=k, prefix=prefix) for k in range(num_layers))
     return tuple(
-        (from_torch(state_dict, kind, layer=k, prefix=prefix),
-         from_torch(state_dict, kind, layer=k, reverse=True, prefix=prefix))
+        (one(state_dict, kind, layer=k, prefix=prefix),
+         one(state_dict, kind, layer=k, reverse=True, prefix=prefix))
         for k in range(num_layers)
     )
+
+
+def _from_torch_lstmp(state_dict, kind, *, layer, reverse=False, prefix=""):
+    """One layer and direction of ``nn.LSTM(proj_size=P)`` as :class:`LSTMPParams`."""
+    from rnnlab.cells.lstmp import LSTMPParams
+
+    def key(name):
+        return _torch_key(name, layer, reverse, prefix)
+
+    w_hr = _get(state_dict, (key("weight_hr"),), (None, None), "state_dict")  # [P, H]
+    P, H = w_hr.shape
+    w_hh = _get(state_dict, (key("weight_hh"),), (4 * H, P), "state_dict")
+    w_ih = _get(state_dict, (key("weight_ih"),), (4 * H, None), "state_dict")
+    if key("bias_ih") in state_dict:
+        b = (_get(state_dict, (key("bias_ih"),), (4 * H,), "state_dict")
+             + _get(state_dict, (key("bias_hh"),), (4 * H,), "state_dict"))
+    else:
+        b = jnp.zeros((4 * H,), w_hh.dtype)
+    return LSTMPParams(W_x=w_ih.T, W_h=w_hh.T, b=b, W_r=w_hr.T)
 
 
 def to_torch_rnn(
@@ -561,7 +585,8 @@ def carries_from_torch(
     Args:
       kind: ``"lstm"``, ``"gru"`` or ``"elman"``.
       h_0: ``[K*D, *batch, H]``.
-      c_0: ``[K*D, *batch, H]`` for the LSTM; None otherwise.
+      c_0: ``[K*D, *batch, H]`` for the LSTM; None otherwise. (With ``proj_size``
+        P, ``h_0`` is ``[K*D, *batch, P]``.)
       bidirectional: D = 2 if True.
 
     Returns:
@@ -583,8 +608,12 @@ def carries_from_torch(
         )
     if c_0 is not None:
         c_0 = jnp.asarray(c_0)
-        if c_0.shape != h_0.shape:
-            raise ValueError(f"c_0 must have h_0's shape {h_0.shape}; received {c_0.shape}.")
+        # All but the last axis: with proj_size, h is [.., P] and c is [.., H].
+        if c_0.shape[:-1] != h_0.shape[:-1]:
+            raise ValueError(
+                f"c_0 must have shape [{h_0.shape[0]}, *batch, H] with h_0's leading axes "
+                f"{h_0.shape[:-1]}; received shape {c_0.shape}."
+            )
 
     def one(i):
         return h_0[i] if c_0 is None else LSTMCarry(c=c_0[i], h=h_0[i])

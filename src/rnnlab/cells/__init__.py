@@ -25,6 +25,8 @@ from rnnlab.cells.lru import lru as lru
 from rnnlab.cells.lstm import LSTMCarry as LSTMCarry
 from rnnlab.cells.lstm import LSTMParams as LSTMParams
 from rnnlab.cells.lstm import lstm as lstm
+from rnnlab.cells.lstmp import LSTMPParams as LSTMPParams
+from rnnlab.cells.lstmp import lstmp as lstmp
 from rnnlab.cells.minrnn import MinGRUParams as MinGRUParams
 from rnnlab.cells.minrnn import MinLSTMParams as MinLSTMParams
 from rnnlab.cells.minrnn import mingru as mingru
