@@ -1,15 +1,19 @@
 """How gradients vanish or explode through time, for every registered cell.
 
 Writes into one results folder (printed at the end):
-  gradient_norms.{png,pdf}   ||dL/dh_t|| against the distance T-1-t, at init and
-                             after a short training run on the adding problem
+  gradient_norms.{png,pdf}   log10 ||dL/dh_t|| against the distance T-1-t, at init
+                             and after a short training run on the adding problem
                              (Arjovsky et al. 2016, Fig. 4), median and IQR over
-                             seeds x sequences, closed-form bounds dotted;
+                             seeds x sequences, closed-form bounds dotted. Norms are
+                             measured in log space (carry_grad_norms(log=True)), so
+                             no curve stops at float32's underflow; a norm that is
+                             exactly 0 (no path to the loss) is marked as such;
   phase_diagram.{png,pdf}    tanh RNN: gradient ratio over a fixed distance and
                              the largest Lyapunov exponent against the recurrent
                              spectral radius (Pascanu et al. 2013);
   gradient_norms.csv, phase_diagram.csv, summary.json, cells/<cell>.json (raw
-  numbers), norms_<cell>.npz (every norm: [phase, seed, T, sequence]),
+  numbers; log_* fields are natural logs, null where the norm is exactly 0),
+  norms_<cell>.npz (every log-norm: log_<phase> [seed, T, sequence]),
   config.json, environment.json, COMPLETE.
 Re-running the same command resumes: cells already measured are skipped.
 Seeds (and the phase diagram's gains) are split across every visible device
@@ -38,13 +42,15 @@ DEFAULT_GAINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
 class Config:
     """python experiments/vanishing_gradients.py [--quick] (or --replot RESULTS_FOLDER)
 
-    Per-step gradient norms ||dL/dh_t|| against the distance k = T-1-t for every
+    Per-step gradient norms ||dL/dh_t|| (in log space, so they are seen at any depth)
+    against the distance k = T-1-t for every
     registered cell, at initialisation and after a short training run on the adding
     problem, plus a tanh-RNN phase diagram. Expect at initialisation the tanh RNN's
     norm to fall geometrically with distance (tanh saturates although its orthogonal
     W_h has radius 1), the LSTM with forget bias 1 to keep it far longer than with
     forget bias 0, minGRU/minLSTM to lose it fastest, and the IRNN, the orthogonal
-    RNN and the LRU to keep it within an order of magnitude over 100 steps. The short
+    RNN and the LRU to keep it within an order of magnitude over 100 steps; the table's
+    g100/g1 is a number however small (e.g. 1e-70), never "underflow". The short
     training leaves every cell on the adding baseline, steepens the tanh RNN's decay
     and flattens the GRU's. In the phase diagram lambda_1 follows ln(rho) below
     rho = 1 and turns positive just above it, and g(k)/g(1) crosses 1 a little
@@ -141,7 +147,7 @@ class Config:
 
 
 def _norms_fn(cell, task, cfg: Config):
-    """``(cell_params [S], readout [S], key_data [S]) -> norms [S, T, B]``: one compiled
+    """``(cell_params [S], readout [S], key_data [S]) -> log_norms [S, T, B]``: one compiled
     program, its seeds split across the devices (numpy out)."""
 
     def one(cell_params, readout, key_data):
@@ -154,30 +160,66 @@ def _norms_fn(cell, task, cfg: Config):
             return task.loss(outputs, batch) * cfg.batch_size
 
         return diagnostics.carry_grad_norms(
-            cell, cell_params, batch.inputs, loss_fn, lengths=batch.lengths)
+            cell, cell_params, batch.inputs, loss_fn, lengths=batch.lengths, log=True)
 
     return distributed.shard_over_seeds(jax.vmap(one))
 
 
-def _summarise(norms: np.ndarray, bound: np.ndarray | None) -> dict:
-    """norms [S, T, B] -> per-distance median/IQR for k = 1..T-1 (k = T-1-t)."""
-    T = norms.shape[1]
-    by_distance = np.moveaxis(norms[:, ::-1], 1, 0).reshape(T, -1)[1:]  # [T-1, S*B], k = 1..
+def _log_quantiles(values: np.ndarray, qs, axis: int) -> np.ndarray:
+    """Quantiles of log-norms; an interpolation touching -inf (a norm exactly 0) is -inf."""
+    with np.errstate(invalid="ignore"):
+        out = np.quantile(values, qs, axis=axis)
+    return np.where(np.isnan(out) & ~np.any(np.isnan(values), axis=axis), -np.inf, out)
+
+
+def _summarise(log_norms: np.ndarray, bound: np.ndarray | None) -> dict:
+    """log_norms [S, T, B] -> per-distance median/IQR for k = 1..T-1 (k = T-1-t).
+
+    ``log_*`` are natural logs; ``median``, ``q25``, ``q75`` their exponentials (0
+    below float64's range)."""
+    log_norms = np.asarray(log_norms, np.float64)
+    T = log_norms.shape[1]
+    by_distance = np.moveaxis(log_norms[:, ::-1], 1, 0).reshape(T, -1)[1:]  # [T-1, S*B]
     distance = np.arange(1, T)
-    q25, median, q75 = np.quantile(by_distance, [0.25, 0.5, 0.75], axis=1)
-    rate = diagnostics.fit_decay_rate(jnp.asarray(median), jnp.asarray(distance))
-    out = {"distance": distance.tolist(), "median": median.tolist(), "q25": q25.tolist(),
-           "q75": q75.tolist(), "decay_per_step": float(rate), "theory": None}
+    q25, median, q75 = _log_quantiles(by_distance, [0.25, 0.5, 0.75], axis=1)
+    rate = diagnostics.fit_decay_rate(jnp.asarray(median), jnp.asarray(distance), log=True)
+    out = {"distance": distance.tolist(), "log_median": median.tolist(),
+           "log_q25": q25.tolist(), "log_q75": q75.tolist(),
+           "median": np.exp(median).tolist(), "q25": np.exp(q25).tolist(),
+           "q75": np.exp(q75).tolist(),
+           "zero_fraction": np.mean(by_distance == -np.inf, axis=1).tolist(),
+           "decay_per_step": float(rate), "theory": None, "log_theory": None}
     if bound is not None:
         r = float(np.median(bound))
-        out["theory"] = (median[0] * r ** (distance - 1.0)).tolist()
+        log_theory = median[0] + (distance - 1.0) * np.log(r)
+        out["log_theory"] = log_theory.tolist()
+        out["theory"] = np.exp(log_theory).tolist()
         out["bound_rate"] = r
     return out
 
 
-def _ratio(summary: dict, k: int) -> float:
-    med = summary["median"]
-    return float(med[k - 1] / med[0]) if k - 1 < len(med) and med[0] > 0 else float("nan")
+def _log_ratio(summary: dict, k: int) -> float:
+    """ln(g(k)/g(1)) of the medians (NaN if k is out of range or g(1) is not positive)."""
+    # JSON holds -inf (a norm exactly 0) as null.
+    med = [-np.inf if v is None else v for v in summary.get("log_median", [])]
+    if not med:  # a results folder from before log-space norms
+        lin = summary["median"]
+        return float(np.log(lin[k - 1] / lin[0])) if k - 1 < len(lin) and lin[0] > 0 else np.nan
+    if k - 1 >= len(med) or not np.isfinite(med[0]):
+        return float("nan")
+    return float(med[k - 1] - med[0])
+
+
+def _ratio(summary: dict, k: int) -> float | str:
+    """g(k)/g(1) of the medians: a float, or a string such as '1e-400' beyond float64."""
+    lr = _log_ratio(summary, k)
+    if np.isnan(lr):
+        return float("nan")
+    if lr == -np.inf:
+        return "0 (no path)"
+    if lr > -700:
+        return float(np.exp(lr))
+    return f"1e{lr / np.log(10):.1f}"
 
 
 def measure_cell(name: str, cfg: Config, run: experiment.RunDir) -> dict:
@@ -194,10 +236,10 @@ def measure_cell(name: str, cfg: Config, run: experiment.RunDir) -> dict:
     keys = jax.random.key_data(jax.random.split(k_measure, cfg.seeds))
 
     def measure(state):
-        norms = np.asarray(norms_fn(state.params.cell, state.params.readout, keys))
+        log_norms = np.asarray(norms_fn(state.params.cell, state.params.readout, keys))
         bound = None if entry.decay_bound is None else np.asarray(
             jax.vmap(entry.decay_bound)(state.params.cell))
-        return norms, _summarise(norms, bound)
+        return log_norms, _summarise(log_norms, bound)
 
     raw, result = {}, {}
     raw["init"], result["init"] = measure(fns.init(jnp.asarray(seeds)))
@@ -212,7 +254,7 @@ def measure_cell(name: str, cfg: Config, run: experiment.RunDir) -> dict:
             "baseline": task.baseline(cfg.seq_len), "metric_name": task.metric_name,
             "diverged": ev["diverged"].tolist()}
     result["description"] = entry.description
-    run.write_npz(f"norms_{name}.npz", raw)
+    run.write_npz(f"norms_{name}.npz", {f"log_{phase}": v for phase, v in raw.items()})
     run.write_json(f"cells/{name}.json", result)
     return result
 
@@ -233,22 +275,24 @@ def phase_diagram(cfg: Config) -> dict:
 
     def one(gain, p, xs):
         p = p._replace(W_h=gain * p.W_h)
-        norms = diagnostics.carry_grad_norms(
-            cell, p, xs, lambda ys, c: jnp.sum(ys[-1] @ readout))  # [T, B]
+        log_norms = diagnostics.carry_grad_norms(
+            cell, p, xs, lambda ys, c: jnp.sum(ys[-1] @ readout), log=True)  # [T, B]
         lyap = diagnostics.lyapunov_exponents(cell, p, xs[:, 0], 1, transient=T // 4)[0]
-        return norms[T - 1 - k] / norms[T - 2], lyap
+        return log_norms[T - 1 - k] - log_norms[T - 2], lyap
 
     over_seeds = jax.vmap(one, in_axes=(None, 0, 0))
     # The gains are split across the devices; params and batches are replicated.
     over_gains = distributed.shard_over_seeds(
         lambda g: jax.vmap(over_seeds, in_axes=(0, None, None))(g, params, batches))
-    ratio, lyap = over_gains(jnp.asarray(cfg.gains, jnp.float32))
+    log_ratio, lyap = over_gains(jnp.asarray(cfg.gains, jnp.float32))
     out = {"gain": list(cfg.gains), "distance": k}
-    for key, arr in (("ratio", np.asarray(ratio).reshape(len(cfg.gains), -1)),  # [G, S*B]
-                     ("lyapunov", np.asarray(lyap))):  # [G, S]
-        q25, med, q75 = np.quantile(arr, [0.25, 0.5, 0.75], axis=1)
+    log_ratio = np.asarray(log_ratio, np.float64).reshape(len(cfg.gains), -1)  # [G, S*B]
+    for key, arr in (("log_ratio", log_ratio), ("lyapunov", np.asarray(lyap))):  # [G, S]
+        q25, med, q75 = _log_quantiles(arr, [0.25, 0.5, 0.75], axis=1)
         out.update({f"{key}_median": med.tolist(), f"{key}_q25": q25.tolist(),
                     f"{key}_q75": q75.tolist()})
+    for q in ("median", "q25", "q75"):  # float64 holds these ratios at the phase distances
+        out[f"ratio_{q}"] = np.exp(out[f"log_ratio_{q}"]).tolist()
     return out
 
 
@@ -263,8 +307,10 @@ def write_outputs(run: experiment.RunDir, results: dict, phase: dict) -> None:
             if ph not in res:
                 continue
             s = res[ph]
-            rows += [dict(cell=name, phase=ph, distance=d, median=s["median"][i], q25=s["q25"][i],
-                          q75=s["q75"][i], theory=None if s["theory"] is None else s["theory"][i])
+            rows += [dict(cell=name, phase=ph, distance=d, log_median=s["log_median"][i],
+                          log_q25=s["log_q25"][i], log_q75=s["log_q75"][i],
+                          log_theory=None if s["log_theory"] is None else s["log_theory"][i],
+                          zero_fraction=s["zero_fraction"][i])
                      for i, d in enumerate(s["distance"])]
     run.write_csv("gradient_norms.csv", rows)
     run.write_csv("phase_diagram.csv", [{k: v[i] for k, v in phase.items() if isinstance(v, list)}

@@ -68,11 +68,13 @@ def test_quick_run_writes_everything(quick_run):
     assert set(summary["cells"]) == {"elman-tanh", "lstm", "test-half-linear"}
     cfg = json.loads((path / "config.json").read_text())
     raw = np.load(path / "norms_lstm.npz")
-    assert raw["init"].shape == (cfg["seeds"], cfg["seq_len"], cfg["batch_size"])
-    # The summary is the median over seeds x sequences of the raw norms, by distance.
+    assert raw["log_init"].shape == (cfg["seeds"], cfg["seq_len"], cfg["batch_size"])
+    # The summary is the median over seeds x sequences of the raw log-norms, by distance.
     k = 5
-    want = np.median(raw["init"][:, cfg["seq_len"] - 1 - k, :])
-    np.testing.assert_allclose(summary["cells"]["lstm"]["init"]["median"][k - 1], want, rtol=1e-6)
+    want = np.median(raw["log_init"][:, cfg["seq_len"] - 1 - k, :].astype(np.float64))
+    got = summary["cells"]["lstm"]["init"]
+    np.testing.assert_allclose(got["log_median"][k - 1], want, rtol=1e-6)
+    np.testing.assert_allclose(got["median"][k - 1], np.exp(want), rtol=1e-6)
 
 
 def test_registered_user_cell_joins_with_its_closed_form(quick_run):
@@ -135,8 +137,40 @@ def test_bad_options_are_usage_errors(vg, capsys):
     assert "cell must be one of" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         vg.main(["--train-steps", "-1"])
-    assert "train_steps must be >= 0" in capsys.readouterr().err
+    assert "must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         vg.main(["--help"])
     assert e.value.code == 0
     assert "--phase-distance" in capsys.readouterr().out
+
+
+def test_ratios_are_numbers_however_deep(vg):
+    """The table reads g(k)/g(1) from log-space medians: 0.5^245 ~ 1.8e-74 is a number,
+    a ratio beyond float64 a power of ten, an exactly-zero median says so."""
+    d = np.arange(1, 301)
+    logs = (d - 1) * np.log(0.5)
+    summary = {"log_median": logs.tolist(), "median": np.exp(logs).tolist()}
+    np.testing.assert_allclose(vg._ratio(summary, 246), 0.5**245, rtol=1e-9)
+    assert vg._ratio({"log_median": (logs * 10).tolist()}, 300) == "1e-900.1"
+    assert vg._ratio({"log_median": [0.0, None]}, 2) == "0 (no path)"
+    summarised = vg._summarise(np.log(0.5) * np.arange(200.0)[::-1].reshape(1, 200, 1) +
+                               np.zeros((2, 1, 3)), None)
+    np.testing.assert_allclose(summarised["decay_per_step"], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(summarised["median"][-1], 0.5**199, rtol=1e-9)
+
+
+def test_figure_marks_a_curve_that_reaches_exactly_zero(tmp_path):
+    """A median that becomes exactly 0 ends in a labelled cross; deep norms (1e-100)
+    are drawn, not dropped."""
+    from rnnlab import plots
+
+    d = list(range(1, 11))
+    logs = [-(k * 23.0) for k in d[:6]] + [None] * 4  # down to 1e-60, then exactly 0
+    curve = {"distance": d, "log_median": logs, "log_q25": logs, "log_q75": logs}
+    fig = plots.gradient_norms_vs_distance({"cell": {"init": curve}}, phases=["init"])
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "exactly 0 beyond" in texts
+    line = ax.lines[0]
+    np.testing.assert_allclose(line.get_ydata(), np.asarray(logs[:6]) / np.log(10))
+    assert ax.get_ylim()[0] < -60 / 2.3

@@ -31,6 +31,23 @@ def cell_colors(names: Sequence[str]) -> dict[str, Any]:
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
+def _log10_field(curve: Mapping[str, Any], key: str) -> np.ndarray | None:
+    """``curve["log_" + key]`` (natural logs; None = a norm exactly 0) as log10, or the
+    log10 of ``curve[key]`` for results saved before log-space norms."""
+    if curve.get("log_" + key) is not None:
+        values = [-np.inf if v is None else v for v in curve["log_" + key]]
+        return np.asarray(values, float) / np.log(10.0)
+    if curve.get(key) is None:
+        return None
+    with np.errstate(divide="ignore"):
+        return np.log10(np.asarray([np.nan if v is None else v for v in curve[key]], float))
+
+
+#: log10 of float32's smallest normal number: squared-entry norms of float32
+#: gradients (and float32 backprop itself) lose everything below it.
+FLOAT32_TINY_LOG10 = float(np.log10(np.finfo(np.float32).tiny))
+
+
 def gradient_norms_vs_distance(
     curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
     *,
@@ -38,12 +55,20 @@ def gradient_norms_vs_distance(
     titles: Mapping[str, str] | None = None,
     suptitle: str = "",
 ):
-    """Median ``||dL/dh_t||`` (log scale) against the distance ``k = T-1-t``.
+    """Median ``log10 ||dL/dh_t||`` against the distance ``k = T-1-t``.
+
+    Drawn on a linear axis of log10 values, so a norm of 1e-300 is as visible
+    as one of 1e-3; float32's smallest normal number is drawn as a reference
+    line. Where a median is exactly 0 (no path from the loss to that step) the
+    curve ends in a cross, labelled; where it is NaN (a diverged seed) it ends
+    in a circle.
 
     Args:
-      curves: ``curves[cell][phase]`` holds equal-length lists ``distance``,
-        ``median``, ``q25``, ``q75`` and optionally ``theory`` (a closed-form
-        bound anchored at the first distance, drawn dotted).
+      curves: ``curves[cell][phase]`` holds equal-length lists ``distance`` and
+        ``log_median``, ``log_q25``, ``log_q75`` (natural logs, None where the norm
+        is 0) and optionally ``log_theory`` (a closed-form bound anchored at the
+        first distance, drawn dotted); or, from older results, ``median``,
+        ``q25``, ``q75`` and ``theory``.
       phases: one panel per phase, left to right.
       titles: panel titles by phase.
       suptitle: the figure title.
@@ -59,47 +84,66 @@ def gradient_norms_vs_distance(
     )
     # The y-range follows the measurements, not the bounds: a bound that grows
     # as r^k with r > 1 after training would otherwise squash every curve.
-    measured = [
-        np.asarray(curves[n][p][key], float)
-        for n in names for p in phases if curves[n].get(p) for key in ("q25", "q75", "median")
-    ]
-    values = np.concatenate(measured) if measured else np.array([1.0])
-    values = values[(values > 0) & np.isfinite(values)]
-    ylim = (values.min() / 3, values.max() * 3) if values.size else None
+    measured = [_log10_field(curves[n][p], key) for n in names for p in phases
+                if curves[n].get(p) for key in ("q25", "q75", "median")]
+    values = np.concatenate([m for m in measured if m is not None] or [np.zeros(1)])
+    values = values[np.isfinite(values)]
+    span = (values.min(), values.max()) if values.size else (-1.0, 1.0)
+    pad = max(0.5, 0.05 * (span[1] - span[0]))
+    ylim = (span[0] - pad, span[1] + pad)
+    marked_zero = marked_nan = False
     for ax, phase in zip(axes[0], phases, strict=True):
         for name in names:
             c = curves[name].get(phase)
             if not c:
                 continue
             d = np.asarray(c["distance"], float)
-            med = np.asarray(c["median"], float)
-            ok = med > 0
+            med, q25, q75 = (_log10_field(c, key) for key in ("median", "q25", "q75"))
+            ok = np.isfinite(med)
             ax.plot(d[ok], med[ok], color=colors[name], lw=1.8, label=name)
-            ax.fill_between(
-                d[ok],
-                np.asarray(c["q25"], float)[ok],
-                np.asarray(c["q75"], float)[ok],
-                color=colors[name],
-                alpha=0.18,
-                lw=0,
-            )
-            if c.get("theory") is not None:
-                th = np.asarray(c["theory"], float)
-                good = th > 0
+            band = ok & np.isfinite(q75)
+            ax.fill_between(d[band], np.maximum(q25[band], ylim[0]), q75[band],
+                            color=colors[name], alpha=0.18, lw=0)
+            bad = np.flatnonzero(~ok)
+            if bad.size:  # where the median leaves the measurable range, say how
+                first = bad[0]
+                x_end = d[first - 1] if first > 0 else d[first]
+                y_end = med[first - 1] if first > 0 else ylim[0]
+                is_zero = med[first] == -np.inf
+                ax.plot([x_end], [y_end], "x" if is_zero else "o", color=colors[name], ms=8,
+                        mfc="none")
+                ax.annotate("exactly 0 beyond" if is_zero else "NaN beyond", (x_end, y_end),
+                            textcoords="offset points", xytext=(4, -10), fontsize=7,
+                            color=colors[name])
+                marked_zero |= bool(is_zero)
+                marked_nan |= not is_zero
+            th = _log10_field(c, "theory")
+            if th is not None:
+                good = np.isfinite(th)
                 ax.plot(d[good], th[good], color=colors[name], lw=1.2, ls=":")
-        ax.set_yscale("log")
-        if ylim is not None:
-            ax.set_ylim(*ylim)
+        if ylim[0] < FLOAT32_TINY_LOG10 < ylim[1]:
+            ax.axhline(FLOAT32_TINY_LOG10, color="grey", lw=0.9, ls="--")
+            ax.annotate("float32 smallest normal (1.2e-38): plain float32 norms end here",
+                        (ax.get_xlim()[0], FLOAT32_TINY_LOG10), textcoords="offset points",
+                        xytext=(4, 3), fontsize=7, color="grey")
+        ax.set_ylim(*ylim)
         ax.set_xlabel("distance from the loss, k = T - 1 - t (steps)")
         ax.set_title((titles or {}).get(phase, phase))
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].set_ylabel(r"$\|\partial L / \partial h_t\|$ (median, IQR band)")
+    axes[0][0].set_ylabel(r"$\log_{10} \|\partial L / \partial h_t\|$ (median, IQR band)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    if any(curves[n].get(p, {}).get("theory") is not None for n in names for p in phases):
-        from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D
 
+    if any(_log10_field(curves[n].get(p) or {}, "theory") is not None
+           for n in names for p in phases):
         handles.append(Line2D([], [], color="k", ls=":", lw=1.2))
         labels.append("closed-form bound r^k")
+    if marked_zero:
+        handles.append(Line2D([], [], color="k", marker="x", ls="none"))
+        labels.append("median norm exactly 0 beyond (no path to the loss)")
+    if marked_nan:
+        handles.append(Line2D([], [], color="k", marker="o", mfc="none", ls="none"))
+        labels.append("median NaN beyond (diverged)")
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     if suptitle:
         fig.suptitle(suptitle)
