@@ -233,6 +233,7 @@ def test_step_matches_paper_equations(name):
     close(_np_tree(carry), c_np, tol=2e-5)
 
 
+@pytest.mark.slow  # the registered entries get this in tests/test_cells.py
 @pytest.mark.parametrize("name", [n for n in ORACLES if n not in rnnlab.registry.names()])
 def test_variants_scan_equals_python_loop(name):
     cell, params, xs, carry = _setup(name)
@@ -253,7 +254,7 @@ def test_variants_gradients_float64(name, x64):
     check_grads(jax.jit(loss), (params, xs), order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["rglru", "s6"])
+@pytest.mark.parametrize("name", ["rglru", pytest.param("s6", marks=pytest.mark.slow)])
 def test_parallel_equals_sequential_values_and_gradients(name):
     cell, params, xs, carry = _setup(name)
     lengths = jnp.array([T, 2, 0])
@@ -278,7 +279,8 @@ def _carry_jacobian_norms(cell, params, xs, h0):
     return [float(jnp.linalg.norm(jax.jacfwd(final)(h0, k), 2)) for k in range(1, T + 1)]
 
 
-@pytest.mark.parametrize("name", ["indrnn", "indrnn-clip", "rglru", "s6"])
+@pytest.mark.parametrize("name", ["indrnn", "indrnn-clip", "rglru",
+                                  pytest.param("s6", marks=pytest.mark.slow)])
 def test_decay_bound_holds(name):
     entry = rnnlab.registry.entry(name)
     cell = rnnlab.registry.get(name, H)
