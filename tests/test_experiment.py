@@ -30,12 +30,20 @@ class Cfg:
             raise ValueError(f"train_steps must be >= 1; received {self.train_steps}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipCfg:
+    clip: float | None = 1.0
+
+
 def test_cli_is_generated_from_fields():
     cfg, ns = experiment.parse_config(
         Cfg, ["--quick", "--cells", "lstm,gru", "--clip", "0.5", "--no-plot"]
     )
     assert cfg == Cfg(cells=("lstm", "gru"), steps=2, clip=0.5, plot=False)
     assert experiment.parse_config(Cfg, ["--clip", "none"])[0].clip is None
+    # An explicit none overrides a preset's or a default's value, it is not "unset".
+    assert experiment.parse_config(ClipCfg, ["--clip", "none"])[0].clip is None
+    assert experiment.parse_config(ClipCfg, [])[0].clip == 1.0
     assert experiment.parse_config(Cfg, ["--preset", "quick", "--steps", "5"])[0].steps == 5
     for empty in ("", "[]", "()"):
         assert experiment.parse_config(Cfg, ["--cells", empty])[0].cells == ()

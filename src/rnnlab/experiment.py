@@ -228,6 +228,7 @@ def _parse_bool(text: str, name: str) -> bool:
 
 
 _KIND = {int: "integer", float: "number", str: "string"}
+_UNSET = object()  # a flag the user did not give (None is a value: --clip-norm none)
 
 
 def _flag(field_name: str) -> str:
@@ -284,7 +285,7 @@ def build_parser(
                 *also,
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
-                default=None,
+                default=_UNSET,
                 help=f"{help_text} (default: {default})",
             )
         else:
@@ -296,7 +297,7 @@ def build_parser(
                 *also,
                 dest=f.name,
                 type=_parser_for(tp, f.name),
-                default=None,
+                default=_UNSET,
                 metavar=kind.upper() if kind != "comma-separated list" else "A,B,...",
                 help=f"{help_text} (default: {_fmt_default(default)})",
             )
@@ -388,7 +389,7 @@ def parse_config(
         values.update(config_cls.PRESETS[preset])
     for f in dataclasses.fields(config_cls):
         v = getattr(ns, f.name)
-        if v is not None:
+        if v is not _UNSET:  # an explicit "none" (e.g. --clip-norm none) is a value
             values[f.name] = v
     try:
         config = config_cls(**values)
