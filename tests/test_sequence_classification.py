@@ -27,6 +27,7 @@ def script(load_script):
     return load_script(SCRIPT, "sequence_classification")
 
 
+@pytest.mark.slow  # ~10 s of compiling (train, evaluate, gradient norms); CI runs it
 def test_interrupted_run_resumes_and_writes_the_folder(script, tmp_path):
     out = tmp_path / "run"
 
