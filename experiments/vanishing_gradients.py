@@ -58,7 +58,9 @@ class Config:
     """
 
     cells: tuple[str, ...] = dataclasses.field(
-        default=(), metadata={"help": "cells to compare, by registry name; empty = all registered"}
+        default=(), metadata={"help": "cells to compare: registry names, registry tags (classic, "
+                              "modern, stable, gated, parallel, zoo, ...) or all; empty = every "
+                              "registered cell outside the zoo (a figure stays legible)"}
     )
     hidden_size: int = dataclasses.field(default=32, metadata={"help": "units per cell"})
     seq_len: int = dataclasses.field(default=150, metadata={"help": "T, the sequence length"})
@@ -115,8 +117,10 @@ class Config:
     }
 
     def __post_init__(self):
+        tags = {t for n in registry.names() for t in registry.entry(n).tags}
         for c in self.cells:
-            registry.entry(c)  # raises naming the registered cells
+            if c != "all" and c not in tags:
+                registry.entry(c)  # raises naming the registered cells
         tasks.get(self.task)
         for name in ("hidden_size", "seeds", "batch_size", "train_batch_size"):
             if getattr(self, name) < 1:
@@ -140,7 +144,14 @@ class Config:
 
     @property
     def cell_names(self) -> tuple[str, ...]:
-        return self.cells or registry.names()
+        """The cells to measure: names as given, tags and "all" expanded, in order."""
+        if not self.cells:
+            return tuple(n for n in registry.names() if n not in registry.names("zoo"))
+        out: list[str] = []
+        for c in self.cells:
+            group = registry.names() if c == "all" else registry.names(c) or (c,)
+            out += [n for n in group if n not in out]
+        return tuple(out)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -368,7 +379,7 @@ def main(argv=None) -> Path:
         replot(folder)
         print(f"redrew the figures in {folder}")
         return folder
-    cfg, ns = experiment.parse_config(Config, argv, prog="vanishing_gradients.py")
+    cfg, ns = experiment.parse_config(Config, argv, prog="vanishing_gradients.py", replot=True)
     run = experiment.open_run_dir(EXPERIMENT, cfg, ns)
     names, results = cfg.cell_names, {}
     with experiment.progress("vanishing gradients", total=len(names) + 1) as advance:

@@ -211,3 +211,35 @@ def test_bad_resets_are_clear_errors():
         rnnlab.scan(cell, params, xs, resets=RESETS.T)
     with pytest.raises(ValueError, match=r"time_axis=1"):  # batch-major xs, time-major resets
         rnnlab.scan(cell, params, jnp.swapaxes(xs, 0, 1), resets=RESETS, time_axis=1)
+
+
+@pytest.mark.parametrize("name", ["elman-tanh", "lstm"])
+def test_carry_grad_norms_with_resets_equal_a_python_loop(name):
+    # Oracle: perturb the carry after every step in a Python loop that restarts at each
+    # reset, and differentiate; no gradient may cross a reset, log=True included.
+    cell = rnnlab.registry.get(name, 3)
+    params = cell.init(jax.random.key(0), 2)
+    xs = jax.random.normal(jax.random.key(1), (9, 2, 2))
+    resets = jnp.zeros((9, 2), bool).at[4, 0].set(True).at[6, 1].set(True)
+    loss = lambda ys, final: jnp.sum(ys ** 2) + jnp.sum(jax.tree.leaves(final)[0])
+    c0 = cell.initial_carry(params, (2,))
+
+    def loop_loss(eps):
+        c, ys = c0, []
+        for t in range(9):
+            c = jax.tree.map(lambda i, a: jnp.where(resets[t][:, None], i, a), c0, c)
+            c, y = cell.step(params, c, xs[t])
+            c = jax.tree.map(lambda a, e: a + e, c, eps[t])
+            ys.append(y)
+        return loss(jnp.stack(ys), c)
+
+    eps = [jax.tree.map(jnp.zeros_like, c0) for _ in range(9)]
+    grads = jax.grad(loop_loss)(eps)
+    want = np.stack([np.sqrt(sum(np.sum(np.asarray(g) ** 2, axis=-1)
+                                 for g in jax.tree.leaves(gt))) for gt in grads])
+    got = rnnlab.diagnostics.carry_grad_norms(cell, params, xs, loss, resets=resets)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=0)
+    assert got[3, 0] == 0 and got[5, 1] == 0  # the carry a reset discards
+    logs = rnnlab.diagnostics.carry_grad_norms(cell, params, xs, loss, resets=resets, log=True)
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(logs, np.log(want), rtol=1e-4)

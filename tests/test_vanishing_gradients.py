@@ -174,3 +174,17 @@ def test_figure_marks_a_curve_that_reaches_exactly_zero(tmp_path):
     line = ax.lines[0]
     np.testing.assert_allclose(line.get_ydata(), np.asarray(logs[:6]) / np.log(10))
     assert ax.get_ylim()[0] < -60 / 2.3
+
+
+def test_cells_take_names_tags_and_all(vg):
+    registry = rnnlab.registry
+    zoo = set(registry.names("zoo"))
+    default = vg.Config().cell_names
+    assert default and not zoo & set(default)  # the legible first generation
+    assert set(vg.Config(cells=("zoo",)).cell_names) == zoo
+    assert vg.Config(cells=("all",)).cell_names == registry.names()
+    assert vg.Config(cells=("lstm", "classic")).cell_names[0] == "lstm"  # order kept, no repeats
+    assert len(set(vg.Config(cells=("lstm", "classic")).cell_names)) == len(
+        vg.Config(cells=("lstm", "classic")).cell_names)
+    with pytest.raises(ValueError, match="received 'nope'"):
+        vg.Config(cells=("nope",))

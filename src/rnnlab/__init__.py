@@ -86,7 +86,7 @@ from rnnlab.sequence import scan as scan
 #: The former name of the orthogonal cell's type: a :class:`Cell` with ``prepare``.
 OrthogonalCell = PreparedCell
 
-_LAZY_MODULES = ("wrappers", "experiment", "plots")
+_LAZY_MODULES = ("wrappers", "experiment", "plots", "transforms", "layers", "datasets")
 
 
 def __getattr__(name: str) -> Any:

@@ -77,6 +77,7 @@ def carry_grad_norms(
     lengths: Array | None = None,
     per_leaf: bool = False,
     log: bool = False,
+    resets: Array | None = None,
 ) -> Any:
     r"""Norm of the gradient of a loss with respect to the carry at every step.
 
@@ -117,6 +118,10 @@ def carry_grad_norms(
       per_leaf: return one norm per carry leaf instead of their combination.
       log: return :math:`\ln g_t` computed in log space, so that nothing under-
         or overflows however deep the gradient vanishes or explodes (below).
+      resets: optional ``[T, *batch]`` booleans, as in :func:`rnnlab.scan`: where
+        ``resets[t]``, step t starts from the initial carry, so no gradient crosses
+        it and the norm at t - 1 counts only what reaches it before the reset
+        (0, or ``-inf`` with ``log=True``, if nothing does).
 
     Returns:
       ``[T, *batch]`` norms, reduced over each leaf's feature axes (every axis
@@ -165,7 +170,8 @@ def carry_grad_norms(
     leaves, treedef = jax.tree.flatten(carry)
     layout = _batched_layout(leaves, batch_shape)
     if log:
-        return _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf)
+        return _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf,
+                                     resets)
     offsets = [0]
     for leaf_layout in layout:
         offsets.append(offsets[-1] + leaf_layout.size)
@@ -197,7 +203,7 @@ def carry_grad_norms(
 
     def loss_of_eps(eps):
         xs_and_eps = jnp.concatenate([xs.astype(eps_dtype), eps], axis=-1)
-        final_carry, ys = scan(wrapped, step_params, xs_and_eps, lengths=lengths)
+        final_carry, ys = scan(wrapped, step_params, xs_and_eps, lengths=lengths, resets=resets)
         loss = loss_fn(ys, final_carry)
         _check_scalar_loss(loss)
         return loss
@@ -214,7 +220,7 @@ def carry_grad_norms(
     )
 
 
-def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf):
+def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf, resets):
     """``carry_grad_norms(..., log=True)``: the rescaled adjoint (see its docstring)."""
     num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
     step_params = prepare_params(cell, params)
@@ -224,7 +230,8 @@ def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf):
         return new_c, (c, y)
 
     recorder = Cell(cell.init, _constant(carry), recording_step)
-    final_carry, (carries_in, ys) = scan(recorder, step_params, xs, lengths=lengths)
+    final_carry, (carries_in, ys) = scan(recorder, step_params, xs, lengths=lengths,
+                                         resets=resets)
 
     # The loss's direct terms, in the real representation the backward pass uses.
     y_parts, y_fixed, y_meta = _split_real(ys)
@@ -249,17 +256,21 @@ def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf):
         valid = jnp.ones((num_steps, n), bool)
     else:
         valid = jnp.arange(num_steps)[:, None] < jnp.asarray(lengths).reshape(1, n)
+    # A reset at step t: step t starts from the initial carry, so nothing reaches the
+    # carry after step t-1 through it (scan has checked the array already).
+    restart = (jnp.zeros((num_steps, n), bool) if resets is None
+               else jnp.asarray(resets).reshape(num_steps, n) & valid)
 
     def step_parts(parts, fixed, x):
         new_c, y = cell.step(step_params, _join(c_meta, parts, fixed), x)
         return _split_real(new_c)[0], _split_real(y)[0]
 
-    def one_sequence(in_parts, in_fixed, x, y_bar, c_bar, valid):
+    def one_sequence(in_parts, in_fixed, x, y_bar, c_bar, valid, restart):
         num_leaves = len(c_bar)
 
         def back(state, inputs):  # state represents a_t; returns a_{t-1}
             us, es = state
-            c_parts, c_fixed, x, yb, ok = inputs
+            c_parts, c_fixed, x, yb, ok, cut = inputs
             _, vjp = jax.vjp(lambda p: step_parts(p, c_fixed, x), c_parts)
             yu, ye = _normalise_jointly(yb)
             # Row r < L: leaf r's cotangent alone; row L: the loss's direct term.
@@ -278,12 +289,14 @@ def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf):
                 new_es.append(e)
             new_us = tuple(jnp.where(ok, a, b) for a, b in zip(new_us, us, strict=True))
             new_es = jnp.where(ok, jnp.stack(new_es), es)
+            # No path crosses a reset: the cotangent is exactly zero (its log -inf).
+            new_us = tuple(jnp.where(cut, jnp.zeros_like(a), a) for a in new_us)
             return (new_us, new_es), (new_us, new_es)
 
         start = [_normalise(b) for b in c_bar]
         state = (tuple(u for u, _ in start), jnp.stack([e for _, e in start]))
         inputs = (tuple(a[1:] for a in in_parts), tuple(a[1:] for a in in_fixed), x[1:],
-                  tuple(a[1:] for a in y_bar), valid[1:])
+                  tuple(a[1:] for a in y_bar), valid[1:], restart[1:])
         _, (us, es) = jax.lax.scan(back, state, inputs, reverse=True)
         # us[l] [T-1, ...] and es [T-1, L] represent a_0 .. a_{T-2}; then a_{T-1}.
         us = tuple(jnp.concatenate([a, u[None]]) for a, u in zip(us, state[0], strict=True))
@@ -292,10 +305,11 @@ def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf):
             [_log_norm(u, es[:, i]) for i, u in enumerate(us)], axis=-1)  # [T, L]
         return jnp.where(valid[:, None], log_norms, -jnp.inf)
 
-    per_seq = jax.vmap(one_sequence, in_axes=(1, 1, 1, 1, 0, 1), out_axes=1)
+    per_seq = jax.vmap(one_sequence, in_axes=(1, 1, 1, 1, 0, 1, 1), out_axes=1)
     logs = per_seq(
         tuple(flat(a, 1) for a in in_parts), tuple(flat(a, 1) for a in in_fixed),
         flat(xs, 1), tuple(flat(a, 1) for a in y_bar), tuple(flat(a, 0) for a in c_bar), valid,
+        restart,
     )  # [T, N, L]
     logs = logs.reshape((num_steps, *batch_shape, logs.shape[-1]))
     if not per_leaf:
