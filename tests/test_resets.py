@@ -221,13 +221,15 @@ def test_carry_grad_norms_with_resets_equal_a_python_loop(name):
     params = cell.init(jax.random.key(0), 2)
     xs = jax.random.normal(jax.random.key(1), (9, 2, 2))
     resets = jnp.zeros((9, 2), bool).at[4, 0].set(True).at[6, 1].set(True)
-    loss = lambda ys, final: jnp.sum(ys ** 2) + jnp.sum(jax.tree.leaves(final)[0])
+    def loss(ys, final):
+        return jnp.sum(ys ** 2) + jnp.sum(jax.tree.leaves(final)[0])
+
     c0 = cell.initial_carry(params, (2,))
 
     def loop_loss(eps):
         c, ys = c0, []
         for t in range(9):
-            c = jax.tree.map(lambda i, a: jnp.where(resets[t][:, None], i, a), c0, c)
+            c = jax.tree.map(lambda i, a, r=resets[t][:, None]: jnp.where(r, i, a), c0, c)
             c, y = cell.step(params, c, xs[t])
             c = jax.tree.map(lambda a, e: a + e, c, eps[t])
             ys.append(y)
