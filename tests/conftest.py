@@ -225,3 +225,23 @@ def load_script():
         return module
 
     return load
+
+
+# ----------------------------------------------------------------------------- the zoo's share
+
+# The default run keeps two of the zoo's cells, a complex carry and a linear form (the
+# first generation already covers affine forms and plain Cells); a test parametrised by
+# any other zoo cell runs with -m slow, so the default suite stays within its time while
+# CI still covers them all.
+ZOO_BY_DEFAULT = ("urnn", "rglru")
+_ZOO_SLOW = frozenset(registry.names("zoo")) - frozenset(ZOO_BY_DEFAULT)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None:
+            continue
+        values = {v for v in callspec.params.values() if isinstance(v, str)}
+        if values & _ZOO_SLOW:
+            item.add_marker(pytest.mark.slow)

@@ -70,9 +70,11 @@ for page in PAGES:
     chain: list[str] = []
     for name, code, kind in _blocks(page):
         chain = [*chain, code] if kind == "continue" else [code]
-        CASES.append(pytest.param(list(chain), id=name,
-                                  marks=[pytest.mark.skip(reason="marked skip")] if kind == "skip"
-                                  else []))
+        # README's examples run by default; the docs pages' with -m slow (CI runs both).
+        marks = [pytest.mark.skip(reason="marked skip")] if kind == "skip" else []
+        if page.name != "README.md":
+            marks.append(pytest.mark.slow)
+        CASES.append(pytest.param(list(chain), id=name, marks=marks))
 
 
 @pytest.mark.parametrize("codes", CASES)

@@ -213,7 +213,7 @@ def test_bad_resets_are_clear_errors():
         rnnlab.scan(cell, params, jnp.swapaxes(xs, 0, 1), resets=RESETS, time_axis=1)
 
 
-@pytest.mark.parametrize("name", ["elman-tanh", "lstm"])
+@pytest.mark.parametrize("name", ["lstm", pytest.param("elman-tanh", marks=pytest.mark.slow)])
 def test_carry_grad_norms_with_resets_equal_a_python_loop(name):
     # Oracle: perturb the carry after every step in a Python loop that restarts at each
     # reset, and differentiate; no gradient may cross a reset, log=True included.

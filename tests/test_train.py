@@ -117,6 +117,7 @@ def irnn_at_step_8():
     return after, logs, params, grads
 
 
+@pytest.mark.slow  # the issue's exact reproduction: 8 seeds trained to step 8 (~13 s)
 def test_huge_finite_gradient_is_logged_and_not_divergence(irnn_at_step_8):
     after, logs, _, grads = irnn_at_step_8
     leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
@@ -131,6 +132,7 @@ def test_huge_finite_gradient_is_logged_and_not_divergence(irnn_at_step_8):
     np.testing.assert_array_equal(after.diverged_step, np.full(8, -1))
 
 
+@pytest.mark.slow  # shares the reproduction above
 def test_clipping_clips_a_huge_finite_gradient(irnn_at_step_8):
     """optax's clip turns the 2.9e24 gradient into exact zeros (norm inf -> scale 0);
     rnnlab's clips it to norm 1, so the SGD update has norm lr = 0.3. For an ordinary

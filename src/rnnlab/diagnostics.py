@@ -289,8 +289,10 @@ def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf, r
                 new_es.append(e)
             new_us = tuple(jnp.where(ok, a, b) for a, b in zip(new_us, us, strict=True))
             new_es = jnp.where(ok, jnp.stack(new_es), es)
-            # No path crosses a reset: the cotangent is exactly zero (its log -inf).
+            # No path crosses a reset: the cotangent is exactly zero (its log -inf), with
+            # the zero vector's exponent, so it cannot set the scale of later sums.
             new_us = tuple(jnp.where(cut, jnp.zeros_like(a), a) for a in new_us)
+            new_es = jnp.where(cut, _ZERO_EXPONENT, new_es)
             return (new_us, new_es), (new_us, new_es)
 
         start = [_normalise(b) for b in c_bar]
