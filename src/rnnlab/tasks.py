@@ -714,11 +714,13 @@ def from_arrays(
       is beating it by 10% (relative), as :meth:`Task.improves_on_baseline`.
 
     Raises:
-      ValueError or TypeError naming the argument: shapes that do not match
-      (``y`` vs ``x``, ``lengths`` vs ``x``, features of ``x_test`` vs ``x``),
-      labels out of ``[0, num_classes)``, lengths out of ``[1, T]``, NaN or inf
-      in ``x`` at a valid step or in regression targets, one of ``x_test`` and
-      ``y_test`` without the other.
+      ValueError: naming the argument, for shapes that do not match (``y`` vs
+        ``x``, ``lengths`` vs ``x``, features of ``x_test`` vs ``x``), labels out
+        of ``[0, num_classes)``, lengths out of ``[1, T]``, NaN or inf in ``x`` at
+        a valid step or in regression targets, one of ``x_test`` and ``y_test``
+        without the other.
+      TypeError: naming the argument, for arrays of the wrong kind (e.g. string
+        labels).
     """
     x = _check_x(x, "x")
     n, T, F = x.shape
