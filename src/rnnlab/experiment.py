@@ -21,6 +21,7 @@ opens a :class:`RunDir`, calls library functions and writes what they return.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import csv
 import dataclasses
@@ -448,6 +449,12 @@ def _claim(folder: Path):
 
 
 _HELD: dict[str, Any] = {}
+
+
+@atexit.register
+def _release_all_claims() -> None:  # the kernel would drop them anyway; this closes the files
+    for folder in list(_HELD):
+        release_claim(folder)
 
 
 def release_claim(folder: str | os.PathLike) -> None:
