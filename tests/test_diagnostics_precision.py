@@ -205,6 +205,42 @@ def test_lyapunov_finds_the_largest_of_a_diagonal_cell():
     np.testing.assert_array_equal(got, diagnostics.lyapunov_exponents(cell, params, xs, 3))
 
 
+def _gated_diagonal_cell(lam):
+    """h_t = x_t (lam * h_{t-1}): an input of 0 annihilates every direction at once."""
+    lam = jnp.asarray(lam, jnp.float32)
+    return rnnlab.Cell(init=lambda key, f: {"lam": lam},
+                       initial_carry=lambda p, batch_shape=(): jnp.ones(
+                           batch_shape + lam.shape, lam.dtype),
+                       step=lambda p, h, x: ((p["lam"] * h) * x[0], h))
+
+
+def test_lyapunov_restarts_the_frame_after_a_zero_jacobian():
+    """A zero Jacobian in the transient leaves QR's completion, the first coordinate axes,
+    as the frame; on a diagonal cell they never leave their subspace and gave
+    (ln .9, ln .5, ln .2) -- the fixed-start defect again. A restarted frame finds the
+    largest."""
+    cell = _gated_diagonal_cell([0.9, 0.5, 0.2, 0.05, 1.3])
+    xs = jnp.ones((200, 1)).at[5, 0].set(0.0)
+    got = diagnostics.lyapunov_exponents(cell, cell.init(None, 1), xs, 3, transient=10)
+    np.testing.assert_allclose(got, np.log([1.3, 0.9, 0.5]), atol=2e-3)
+
+
+def test_lyapunov_of_a_dead_relu_network_is_minus_infinity_not_nan():
+    """An IRNN whose units are all off (bias -100) has zero Jacobians: every exponent is
+    -inf, under jit and vmap too; a zero in the averaged steps gives -inf, not NaN."""
+    cell = rnnlab.irnn(6)
+    params = cell.init(jax.random.key(0), F)
+    params = params._replace(b=jnp.full_like(params.b, -100.0))
+    xs = jax.random.normal(jax.random.key(1), (2, 40, F))
+    lyap = jax.jit(jax.vmap(
+        lambda x: diagnostics.lyapunov_exponents(cell, params, x, 4, transient=5)))(xs)
+    assert np.all(np.asarray(lyap) == -np.inf)
+    cell = _gated_diagonal_cell([0.9, 0.5])
+    xs = jnp.ones((50, 1)).at[30, 0].set(0.0)  # inside the averaged steps
+    lyap = diagnostics.lyapunov_exponents(cell, cell.init(None, 1), xs, 2, transient=10)
+    assert np.all(np.asarray(lyap) == -np.inf)
+
+
 # ----------------------------------------------------------------------------- param_sensitivity
 
 

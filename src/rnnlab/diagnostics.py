@@ -561,7 +561,12 @@ def lyapunov_exponents(
     spanning a subspace the Jacobians leave invariant (every diagonal cell: LRU,
     minGRU, minLSTM; any block of units decoupled from the rest) never leaves it
     and returns that subspace's exponents instead of the ``k`` largest. A random
-    frame has a component along every direction with probability 1.
+    frame has a component along every direction with probability 1. For the same
+    reason a column that a step annihilates (``J_t`` rank-deficient: ReLU units
+    off, a gate at exactly 0) restarts from a fresh random direction (drawn from
+    ``key`` folded with the step); that step's :math:`\log |(R_t)_{ii}|` is
+    :math:`-\infty`, so an exponent is ``-inf`` exactly when the product of the
+    Jacobians over the averaged steps has rank below its index (never NaN).
 
     Args:
       cell: any object following the :class:`rnnlab.Cell` protocol.
@@ -609,8 +614,8 @@ def lyapunov_exponents(
             f"transient must lie in [0, T-1] = [0, {num_steps - 1}]; received {transient}."
         )
 
-    def qr_step(p, c_and_q, x):
-        c, Q = c_and_q
+    def qr_step(p, state, x):
+        c, Q, t = state
         v, rebuild = _state_vector(c)
 
         def step_map(u):
@@ -618,13 +623,22 @@ def lyapunov_exponents(
 
         JQ = jax.vmap(lambda q: jax.jvp(step_map, (v,), (q,))[1], in_axes=1, out_axes=1)(Q)
         Q, R = jnp.linalg.qr(JQ)
+        log_r = jnp.log(jnp.abs(jnp.diagonal(R)))
+        # A direction this step annihilates (a zero column of R: a ReLU unit off,
+        # a gate at 0) leaves QR's arbitrary completion, the coordinate axes, in
+        # Q; they can span an invariant subspace, as the fixed start could. Such
+        # columns restart from fresh random directions; the step's -inf stands.
+        dead = log_r == -jnp.inf
+        fresh = jax.random.normal(jax.random.fold_in(key, t), Q.shape, Q.dtype)
+        restarted, _ = jnp.linalg.qr(jnp.where(dead, fresh, Q))
+        Q = jnp.where(jnp.any(dead), restarted, Q)
         new_c, _ = cell.step(p, c, x)
-        return (new_c, Q), jnp.log(jnp.abs(jnp.diagonal(R)))
+        return (new_c, Q, t + 1), log_r
 
     if key is None:
         key = jax.random.key(0)
     frame, _ = jnp.linalg.qr(jax.random.normal(key, (dim, k), vec0.dtype))
-    tracker = Cell(cell.init, _constant((carry, frame)), qr_step)
+    tracker = Cell(cell.init, _constant((carry, frame, jnp.zeros((), jnp.int32))), qr_step)
     _, log_r = scan(tracker, prepare_params(cell, params), xs)  # [T, k]
     exponents = jnp.mean(log_r[transient:], axis=0)
     return -jnp.sort(-exponents)
