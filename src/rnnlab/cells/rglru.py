@@ -36,6 +36,7 @@ def rglru(
     c: float = 8.0,
     a_min: float = 0.9,
     a_max: float = 0.999,
+    a_init: str = "paper",
     input_init: str | initializers.Initializer = "lecun_normal",
     param_dtype=jnp.float32,
 ) -> Cell:
@@ -57,7 +58,19 @@ def rglru(
     registry's ``decay_bound`` is 1.
 
     ``Lambda`` is initialised so that :math:`a^c` is uniform in
-    ``[a_min, a_max]`` (the paper: [0.9, 0.999]).
+    ``[a_min, a_max]`` (``a_init="paper"``: the paper's section 2.4 says so, with
+    [0.9, 0.999]). The reference code (google-deepmind/recurrentgemma,
+    ``recurrentgemma/jax/layers.py``: ``rnn_param_init``, ``RGLRU``) instead puts
+    the *base* :math:`a` on a ring, :math:`a^2` uniform in
+    ``[a_min^2, a_max^2]``, so that at a gate of 1/2 the step decay
+    :math:`a^{c/2}` is far smaller; ``a_init="recurrentgemma"`` does that. Its
+    ``a_param`` is our ``-Lambda`` (:math:`a = e^{-\mathrm{softplus}(a_{param})}
+    = \sigma(\Lambda)`), and its ``-8 * gate_a * softplus(a_param)`` is our
+    :math:`\log a_t`. Kept different on purpose: the reference skips the
+    :math:`\sqrt{1-a_t^2}` factor at a segment's first token (here the first step
+    is normalised like the others, with or without ``resets``), clips the
+    gradient of that square root at 1000 (for bfloat16), and its gates are
+    block-diagonal maps of the block's own input.
 
     Params (:class:`RGLRUParams`): ``W_u, W_a, W_i [F, H]``, ``b_a, b_i [H]``,
     ``Lambda [H]``. Carry: ``h [*batch, H]``, zeros initially.
@@ -65,7 +78,10 @@ def rglru(
     Args:
       hidden_size: H.
       c: the gate's exponent scale (8 in the paper).
-      a_min, a_max: the range of :math:`a^c` at initialisation, ``0 < a_min < a_max < 1``.
+      a_min, a_max: the range of :math:`a^c` at initialisation, ``0 < a_min < a_max < 1``
+        (of :math:`a` itself with ``a_init="recurrentgemma"``).
+      a_init: ``"paper"`` (:math:`a^c` uniform) or ``"recurrentgemma"`` (the reference
+        code's ring: :math:`a^2` uniform).
       input_init: initialiser for ``W_u``, ``W_a`` and ``W_i``.
       param_dtype: dtype of the parameters.
 
@@ -83,14 +99,21 @@ def rglru(
         )
     if not c > 0:
         raise ValueError(f"c must be positive; received {c!r}.")
+    if a_init not in ("paper", "recurrentgemma"):
+        raise ValueError(
+            f"a_init must be 'paper' or 'recurrentgemma'; received {a_init!r}.")
     H = hidden_size
     w_init = initializers.get(input_init, "input_init")
 
     def init(key, input_size: int) -> RGLRUParams:
         check_positive_int(input_size, "input_size")
         k_u, k_a, k_i, k_l = jax.random.split(key, 4)
-        ac = jax.random.uniform(k_l, (H,), param_dtype, a_min, a_max)
-        log_a = jnp.log(ac) / c
+        if a_init == "paper":
+            ac = jax.random.uniform(k_l, (H,), param_dtype, a_min, a_max)
+            log_a = jnp.log(ac) / c
+        else:
+            u = jax.random.uniform(k_l, (H,), param_dtype)
+            log_a = 0.5 * jnp.log(u * (a_max**2 - a_min**2) + a_min**2)
         # Lambda = logit(a) = log a - log(1 - a), with log(1 - a) = log(-expm1(log a)).
         Lambda = log_a - jnp.log(-jnp.expm1(log_a))
         zeros = jnp.zeros((H,), param_dtype)
