@@ -44,7 +44,7 @@ def test_s6_equals_mambas_reference_scan(x64):
 
 
 def test_s6_initialisation_is_mambas():
-    H, N = 4000, 16
+    H, N = 1000, 16
     p = rnnlab.s6(H, state_size=N).init(jax.random.key(0), 3)
     np.testing.assert_allclose(-np.exp(np.asarray(p.A_log)),
                                -np.broadcast_to(np.arange(1, N + 1.0), (H, N)), rtol=1e-6)
@@ -53,5 +53,5 @@ def test_s6_initialisation_is_mambas():
     log_dt = np.log(dt)  # log-uniform: its quartiles split [log 0.001, log 0.1] evenly
     np.testing.assert_allclose(np.quantile(log_dt, [0.25, 0.5, 0.75]),
                                np.log(0.001) + np.array([0.25, 0.5, 0.75]) * np.log(100.0),
-                               atol=0.08)
+                               atol=0.2)  # ~3 sigma of a quartile of 1000 draws
     np.testing.assert_array_equal(np.asarray(p.D), 1.0)
