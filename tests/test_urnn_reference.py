@@ -5,8 +5,8 @@ convention: real arrays [Re | Im] of width 2N, the FFT divided by sqrt(N).
 
 One sign convention differs and is mapped here: its times_reflection computes
 h - 2 conj(v) (v^T h) / |v|^2, the reflection along conj(v), so rnnlab's (v_re, v_im) is
-its (v_re, -v_im); its times_diag multiplies by exp(+i theta) as rnnlab does. Its modReLU divides by |z| + 1e-5, a
-transcription option here (eps); rnnlab divides by |z| exactly."""
+its (v_re, -v_im); its times_diag multiplies by exp(+i theta) as rnnlab does. Its modReLU
+divides by |z| + 1e-5, a transcription option here (eps); rnnlab divides by |z| exactly."""
 
 import jax
 import jax.numpy as jnp

@@ -18,7 +18,11 @@ compiled program. Everything random is a pure function of ``(seed, step)``::
     batch_at_step = task.sample(jax.random.fold_in(k_data, step), B, T)
 
 so a run resumed from a checkpoint sees exactly the data an uninterrupted run
-sees, and reaches the same numbers. A seed whose loss, gradient or updated
+sees, and reaches the same numbers. A cell from :mod:`rnnlab.transforms`
+(zoneout, variational dropout; its carry a :class:`~rnnlab.transforms.TransformCarry`)
+trains with its transform on: each step's carry is drawn with
+``jax.random.fold_in(transform_key(seed), step)``; evaluation passes no key
+(dropout off, zoneout its expectation). A seed whose loss, gradient or updated
 parameters become non-finite is frozen at its last finite parameters and
 flagged ``diverged`` with the step; the other seeds carry on, computing exactly
 what they would without it. Its history holds the non-finite values of that
@@ -56,6 +60,7 @@ from rnnlab import distributed, initializers
 from rnnlab.cell import Array, Params
 from rnnlab.sequence import scan
 from rnnlab.tasks import Batch, Task
+from rnnlab.transforms import TransformCarry
 from rnnlab.validation import add_bias, check_cell
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -191,7 +196,8 @@ class TrainFns(NamedTuple):
       evaluate: ``evaluate(params, seeds) -> dict`` of ``[S]`` arrays ``loss``,
         ``metric``, ``success`` on ``cfg.eval_batch_size`` fresh sequences, or on
         the task's fixed held-out set ``task.evaluation`` when it has one.
-      apply: ``apply(params, inputs, lengths=None) -> outputs`` for one seed.
+      apply: ``apply(params, inputs, lengths=None, key=None) -> outputs`` for one
+        seed; ``key`` reaches a transformed cell's ``initial_carry`` (None: off).
       optimizer: the optax transformation.
       mesh: the one-axis ``("seeds",)`` device mesh ``train_chunk`` and
         ``evaluate`` are partitioned over; their ``[S, ...]`` inputs need S a
@@ -275,6 +281,21 @@ def seed_keys(seed: Array) -> tuple[Array, Array, Array]:
     return k_params, k_data, k_eval
 
 
+def transform_key(seed: Array) -> Array:
+    """The key of a transformed cell's masks for one integer seed (step ``s`` uses
+    ``fold_in(transform_key(seed), s)``): the fourth of ``split(key(seed), 4)``, whose
+    first three are :func:`seed_keys`' (threefry is partitionable), so no key is reused."""
+    return jax.random.split(jax.random.key(seed), 4)[3]
+
+
+def draws_carry_key(cell: Any, input_size: int) -> bool:
+    """Whether :func:`make_train_fns` passes ``cell.initial_carry`` a key in training:
+    the cell's carry is a :class:`rnnlab.transforms.TransformCarry`."""
+    params = jax.eval_shape(lambda k: cell.init(k, input_size), jax.random.key(0))
+    carry = jax.eval_shape(lambda p: cell.initial_carry(p, ()), params)
+    return isinstance(carry, TransformCarry)
+
+
 def make_train_fns(
     cell: Any, task: Task, cfg: TrainConfig, *, devices: Sequence[Any] | None = None
 ) -> TrainFns:
@@ -305,6 +326,7 @@ def make_train_fns(
             f"received {cfg.seq_len}."
         )
     optimizer = make_optimizer(cfg)
+    keyed = draws_carry_key(cell, task.input_size)
     readout_init = initializers.get("lecun_normal")
 
     def init_params(key: Array) -> ModelParams:
@@ -319,13 +341,18 @@ def make_train_fns(
         )
         return ModelParams(cell_params, readout)
 
-    def apply(params: ModelParams, inputs: Array, lengths: Array | None = None) -> Array:
-        """``inputs [T, B, F] -> outputs [B, O]`` (per sequence) or ``[T, B, O]`` (per step)."""
-        _, ys = scan(cell, params.cell, inputs, lengths=lengths, unroll=cfg.unroll)  # [T, B, H]
+    def apply(params: ModelParams, inputs: Array, lengths: Array | None = None,
+              key: Array | None = None) -> Array:
+        """``inputs [T, B, F] -> outputs [B, O]`` (per sequence) or ``[T, B, O]`` (per step);
+        ``key`` turns a transformed cell's transform on (None: off)."""
+        carry = None if key is None else cell.initial_carry(params.cell, inputs.shape[1:-1],
+                                                            key=key)
+        _, ys = scan(cell, params.cell, inputs, carry=carry, lengths=lengths,
+                     unroll=cfg.unroll)  # [T, B, H]
         return apply_readout(params.readout, ys, per_step=task.per_step, lengths=lengths)
 
-    def loss_fn(params: ModelParams, batch: Batch) -> Array:
-        return task.loss(apply(params, batch.inputs, batch.lengths), batch)
+    def loss_fn(params: ModelParams, batch: Batch, key: Array | None) -> Array:
+        return task.loss(apply(params, batch.inputs, batch.lengths, key), batch)
 
     def init_one(seed: Array) -> TrainState:
         k_params, _, _ = seed_keys(seed)
@@ -338,9 +365,11 @@ def make_train_fns(
             diverged_step=jnp.full((), -1, jnp.int32),
         )
 
-    def step_one(state: TrainState, k_data: Array) -> tuple[TrainState, dict]:
+    def step_one(state: TrainState, k_data: Array,
+                 k_transform: Array | None) -> tuple[TrainState, dict]:
         batch = task.sample(jax.random.fold_in(k_data, state.step), cfg.batch_size, cfg.seq_len)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        k_carry = None if k_transform is None else jax.random.fold_in(k_transform, state.step)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, k_carry)
         grad_norm = global_norm(grads)  # before clipping; finite when every entry is
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -369,7 +398,9 @@ def make_train_fns(
 
     def chunk_one(state: TrainState, seed: Array, num_steps: int):
         _, k_data, _ = seed_keys(seed)
-        state, logs = jax.lax.scan(lambda s, _: step_one(s, k_data), state, None, length=num_steps)
+        k_transform = transform_key(seed) if keyed else None
+        state, logs = jax.lax.scan(lambda s, _: step_one(s, k_data, k_transform), state, None,
+                                   length=num_steps)
         return state, logs  # logs[k]: [num_steps]
 
     def evaluate_one(params: ModelParams, seed: Array) -> dict:
