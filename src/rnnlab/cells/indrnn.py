@@ -57,9 +57,14 @@ def indrnn(
     (attained by active ReLU units). The paper's constraint keeps gradients from
     exploding over T steps by :math:`|u_j| \le \gamma^{1/T}`; pass
     ``recurrent_max=gamma ** (1 / T)`` (the paper uses :math:`\gamma = 2` for ReLU).
-    We apply it as a clip in the step rather than as the paper's projection after
-    each optimiser update, so the constraint holds for any optimiser; the clipped
-    entries get zero gradient, as the projection would leave them on the bound.
+    We apply it as a clip in the step rather than as the authors' code does (it
+    clamps the stored ``u`` before every batch), so the constraint holds for any
+    optimiser. The forward pass is the same; the gradient is not: an entry past
+    the bound gets zero gradient here and stays there, whereas the clamped weight
+    sits on the bound, still gets the gradient there and can move back inside. To
+    train as the code does, clamp after each update,
+    ``params._replace(u=jnp.clip(params.u, -m, m))``, and build the cell without
+    ``recurrent_max``.
 
     Params (:class:`IndRNNParams`): ``W_x [F, H]``, ``u [H]`` drawn from
     ``U[recurrent_min, recurrent_max or 1]``, ``b [H]`` zeros.
