@@ -268,3 +268,26 @@ register(
     tags=("modern", "parallel", "zoo"),
     decay_bound=_below_one,
 )
+
+# ----------------------------------------------------------------------------- papers' settings
+
+# A paper's training setting of a cell above, for reproducing its numbers; the cell's
+# code is the entry it names, so the test suite does not parametrise over these again.
+
+
+def _lem_adding(hidden_size: int, **options: Any) -> Cell:
+    # The authors' adding-problem script (tk-rusch/LEM, src/adding): dt = 0.0242 and
+    # every weight uniform in +-1/sqrt(H), the input weights included (biases stay zero
+    # here, where the script draws them alike).
+    bound = hidden_size**-0.5
+    init = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
+    return lem(hidden_size, **{"dt": 0.0242, "recurrent_init": init, "input_init": init,
+                               **options})
+
+
+register(
+    "lem-adding",
+    _lem_adding,
+    description="LEM, dt = 0.0242, weights U(+-1/sqrt(H)): the authors' adding-problem setting",
+    tags=("stable", "zoo", "paper-setting"),
+)

@@ -55,8 +55,8 @@ def cornn(
     neither is a per-step Jacobian bound, so the registry gives no ``decay_bound``.
 
     Defaults ``dt=0.042, gamma=2.7, epsilon=4.7`` are the paper's for
-    sequential MNIST (its adding problem uses ``dt=0.01, gamma=epsilon=...``
-    tuned per T; see docs/cells.md).
+    sequential MNIST (the authors' adding-problem script defaults to ``dt=0.06,
+    gamma=66, epsilon=15``; see docs/cells.md).
 
     Params (:class:`CoRNNParams`): ``V [F, H]``, ``W [H, H]``, ``W_z [H, H]``,
     ``b [H]``. Carry (:class:`CoRNNCarry`): ``y, z [*batch, H]``, zeros initially.

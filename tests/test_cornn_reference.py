@@ -1,0 +1,94 @@
+"""coRNN against a numpy transcription of the authors' PyTorch code (tk-rusch/coRNN,
+commit afd8174, adding/model.py and the README's cell), in its conventions:
+
+* ``coRNNCell.forward(x, hy, hz)``: ``hz = hz + dt * (tanh(i2h(cat(x, hz, hy))) - gamma * hy
+  - epsilon * hz)``, then ``hy = hy + dt * hz``; one ``nn.Linear(n_inp + 2 n_hid, n_hid)``
+  over the concatenation in the order (input, velocity z, position y);
+* ``coRNN.forward``: zero initial states, the loop over ``x [T, batch, n_inp]``, the
+  readout on the last ``hy``;
+* the scripts' hyper-parameters: sMNIST ``dt = 0.042, gamma = 2.7, epsilon = 4.7`` (our
+  defaults) and the adding script's defaults ``dt = 0.06, gamma = 66, epsilon = 15``.
+
+Mapping: ``i2h.weight = [V^T | W_z^T | W^T]`` (torch's ``[out, in]``), ``i2h.bias = b``;
+``hy`` is our ``y``, ``hz`` our ``z``. The code draws ``i2h`` with torch's Linear default,
+uniform in ``+-1/sqrt(n_inp + 2 n_hid)`` (bias too); rnnlab's default is lecun_normal with
+a zero bias, so the tests draw the code's way and map the weights in."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnlab
+
+H, F, S, B = 5, 3, 12, 4
+
+
+def cornn_reference(i2h_w, i2h_b, x, dt, gamma, epsilon):
+    """coRNN.forward without the readout: x [T, B, n_inp] -> every hy [T, B, H], final (hy, hz)."""
+    hy = np.zeros((x.shape[1], i2h_w.shape[0]))
+    hz = np.zeros_like(hy)
+    hys = []
+    for t in range(x.shape[0]):
+        pre = np.concatenate([x[t], hz, hy], axis=1) @ i2h_w.T + i2h_b
+        hz = hz + dt * (np.tanh(pre) - gamma * hy - epsilon * hz)
+        hy = hy + dt * hz
+        hys.append(hy)
+    return np.stack(hys), hy, hz
+
+
+def _torch_linear_init(rng, n_in, n_out):
+    bound = 1.0 / np.sqrt(n_in)
+    return rng.uniform(-bound, bound, (n_out, n_in)), rng.uniform(-bound, bound, n_out)
+
+
+def _from_code(i2h_w, i2h_b, n_inp):
+    """The code's i2h as CoRNNParams."""
+    Wt = i2h_w.T  # [n_inp + 2H, H], rows in the order (x, hz, hy)
+    return rnnlab.CoRNNParams(V=jnp.asarray(Wt[:n_inp]), W=jnp.asarray(Wt[n_inp + H:]),
+                              W_z=jnp.asarray(Wt[n_inp:n_inp + H]), b=jnp.asarray(i2h_b))
+
+
+SETTINGS = {
+    "smnist": dict(dt=0.042, gamma=2.7, epsilon=4.7),
+    "adding": dict(dt=0.06, gamma=66.0, epsilon=15.0),
+}
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_cornn_equals_the_authors_code(x64, setting):
+    del x64
+    hp = SETTINGS[setting]
+    rng = np.random.default_rng(0)
+    i2h_w, i2h_b = _torch_linear_init(rng, F + 2 * H, H)
+    i2h_w *= 20.0  # weights well past the init's scale, so that tanh saturates and y, z grow
+    x = rng.normal(size=(S, B, F))
+    want_ys, want_y, want_z = cornn_reference(i2h_w, i2h_b, x, **hp)
+
+    cell = rnnlab.cornn(H, param_dtype=jnp.float64, **hp)
+    carry, ys = rnnlab.scan(cell, _from_code(i2h_w, i2h_b, F), jnp.asarray(x))
+    assert float(np.max(np.abs(want_ys))) > 1e-2  # the comparison is not of near-zeros
+    np.testing.assert_allclose(np.asarray(ys), want_ys, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(carry.y), want_y, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(carry.z), want_z, rtol=1e-12, atol=1e-14)
+
+
+def test_cornn_position_and_velocity_weights_are_not_interchangeable(x64):
+    """The mapping above is the only one that fits: reading the code's (x, hz, hy) blocks as
+    (x, hy, hz) gives other outputs, so the equality test pins which weight acts on which."""
+    del x64
+    rng = np.random.default_rng(1)
+    i2h_w, i2h_b = _torch_linear_init(rng, F + 2 * H, H)
+    x = rng.normal(size=(S, B, F))
+    want_ys, _, _ = cornn_reference(i2h_w, i2h_b, x, **SETTINGS["smnist"])
+    p = _from_code(i2h_w, i2h_b, F)
+    swapped = p._replace(W=p.W_z, W_z=p.W)
+    _, ys = rnnlab.scan(rnnlab.cornn(H, param_dtype=jnp.float64), swapped, jnp.asarray(x))
+    assert np.max(np.abs(np.asarray(ys) - want_ys)) > 1e-6
+
+
+def test_cornn_defaults_are_the_smnist_scripts():
+    """sMNIST/sMNIST_task.py's argparse defaults: dt 0.042, gamma 2.7, epsilon 4.7."""
+    import inspect
+
+    params = inspect.signature(rnnlab.cornn).parameters
+    assert {k: params[k].default for k in ("dt", "gamma", "epsilon")} == SETTINGS["smnist"]
