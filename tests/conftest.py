@@ -238,6 +238,12 @@ def load_script():
 ZOO_BY_DEFAULT = ("urnn", "rglru")
 _ZOO_SLOW = frozenset(registry.names("zoo")) - frozenset(ZOO_BY_DEFAULT)
 
+# Alike, the first generation's option variants (the code of elman-tanh, lstm at other
+# constants) and minLSTM (minGRU's scan and parallel form) keep only their equations test
+# in the default run; every other test parametrised by one of them is slow.
+VARIANTS = ("elman-relu", "irnn", "lstm-fb0", "minlstm")
+_KEPT_FOR_VARIANTS = ("test_step_matches_numpy_equations",)
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -248,3 +254,5 @@ def pytest_collection_modifyitems(config, items):
         if values & _ZOO_SLOW:
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.zoo)
+        elif values & set(VARIANTS) and item.originalname not in _KEPT_FOR_VARIANTS:
+            item.add_marker(pytest.mark.slow)
