@@ -242,6 +242,7 @@ _ZOO_SLOW = frozenset(registry.names("zoo")) - frozenset(ZOO_BY_DEFAULT)
 # constants) and minLSTM (minGRU's scan and parallel form) keep only their equations test
 # in the default run; every other test parametrised by one of them is slow.
 VARIANTS = ("elman-relu", "irnn", "lstm-fb0", "minlstm")
+_VARIANTS_SLOW = frozenset(VARIANTS)
 _KEPT_FOR_VARIANTS = ("test_step_matches_numpy_equations",)
 
 
@@ -254,5 +255,5 @@ def pytest_collection_modifyitems(config, items):
         if values & _ZOO_SLOW:
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.zoo)
-        elif values & set(VARIANTS) and item.originalname not in _KEPT_FOR_VARIANTS:
+        elif values & _VARIANTS_SLOW and item.originalname not in _KEPT_FOR_VARIANTS:
             item.add_marker(pytest.mark.slow)
