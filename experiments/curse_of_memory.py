@@ -87,9 +87,11 @@ class Config:
     hidden_size: int = dataclasses.field(default=16, metadata={"help": "the cells' H"})
     formats: tuple[str, ...] = dataclasses.field(
         default=("png", "pdf"), metadata={"help": "figure formats (png, pdf, svg)"})
+    fast_compile: bool = experiment.fast_compile_field()
 
     PRESETS = {"quick": dict(lambdas=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99), seq_len=2000,
-                             taus=(2.0, 10.0, 100.0), cell_seq_len=1500, formats=("png",))}
+                             taus=(2.0, 10.0, 100.0), cell_seq_len=1500, formats=("png",),
+                             fast_compile=True)}
 
     def __post_init__(self):
         if not self.lambdas or not all(0 < v < 1 for v in self.lambdas):
@@ -294,7 +296,8 @@ def main(argv=None) -> Path:
         return folder
     cfg, ns = experiment.parse_config(Config, argv, prog="curse_of_memory.py")
     run = experiment.open_run_dir(EXPERIMENT, cfg, ns)
-    measured = {p: measure(cfg, p).tolist() for p in PARAMETRISATIONS}
+    with experiment.compile_fast(cfg.fast_compile):
+        measured = {p: measure(cfg, p).tolist() for p in PARAMETRISATIONS}
     lam = np.asarray(cfg.lambdas)
     theory = {p: closed_form(p, lam).tolist() for p in PARAMETRISATIONS}
     rows = [dict(parametrisation=p, lam=float(v), measured=measured[p][i], closed_form=theory[p][i])

@@ -62,6 +62,7 @@ class LongRangeConfig:
         metadata={"help": "cell trained with and without clipping for the gradient-norm plot"})
     compare_clip_T: int = 100
     compare_clip_norm: float = 1.0
+    fast_compile: bool = experiment.fast_compile_field()
 
     # The flags this script had before both experiments named training steps alike.
     FLAG_ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -70,7 +71,7 @@ class LongRangeConfig:
         "small": dict(lengths=(25, 50, 100)),
         "quick": dict(cells=("elman-tanh", "lstm"), lengths=(10,), seeds=2, hidden_size=8,
                       train_steps=40, train_batch_size=8, eval_batch_size=64, chunk_size=20,
-                      compare_clip_T=10),
+                      compare_clip_T=10, fast_compile=True),
     }
 
     def __post_init__(self):
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None, callback: Callable | None = None) -> exp
     run_dir = experiment.open_run_dir(EXPERIMENT, cfg, ns)
     print(f"results: {run_dir.path}", file=sys.stderr)
     start = time.perf_counter()
-    run(cfg, run_dir, callback=callback)
+    with experiment.compile_fast(cfg.fast_compile):
+        run(cfg, run_dir, callback=callback)
     print(f"wall time this session: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return run_dir
 

@@ -79,10 +79,11 @@ class Config:
     seed: int = dataclasses.field(default=0, metadata={"help": "first seed"})
     formats: tuple[str, ...] = dataclasses.field(
         default=("png", "pdf"), metadata={"help": "figure formats (png, pdf, svg)"})
+    fast_compile: bool = experiment.fast_compile_field()
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": dict(cells=("lstm", "mingru"), hidden_size=8, lengths=(32, 64),
-                      gains=(0.5, 1.0, 1.5), seeds=2, formats=("png",)),
+                      gains=(0.5, 1.0, 1.5), seeds=2, formats=("png",), fast_compile=True),
     }
 
     def __post_init__(self):
@@ -279,7 +280,8 @@ def main(argv=None) -> Path:
     run = experiment.open_run_dir(EXPERIMENT, cfg, ns)
     start = time.perf_counter()
     names = cfg.cell_names
-    with experiment.progress("parallel newton", total=len(names) + 1) as advance:
+    with (experiment.compile_fast(cfg.fast_compile),
+          experiment.progress("parallel newton", total=len(names) + 1) as advance):
         sweep = run.read_json("sweep.json")
         if sweep is None:
             advance(0, note="tanh RNN sweep")

@@ -77,6 +77,7 @@ class SequenceClassificationConfig:
         default=1000, metadata={"help": "test sequences scored at a time"})
     grad_sequences: int = dataclasses.field(
         default=64, metadata={"help": "test sequences for the gradient-norm curve"})
+    fast_compile: bool = experiment.fast_compile_field()
 
     FLAG_ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {
         "datasets": ("--dataset",), "train_steps": ("--steps",),
@@ -84,7 +85,7 @@ class SequenceClassificationConfig:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": dict(datasets=("japanese-vowels",), cells=("gru",), seeds=2,
                       hidden_size=8, train_steps=40, train_batch_size=16, chunk_size=40,
-                      grad_sequences=8),
+                      grad_sequences=8, fast_compile=True),
     }
 
     def __post_init__(self):
@@ -348,7 +349,8 @@ def main(argv: list[str] | None = None, callback: Callable | None = None):
     run_dir = experiment.open_run_dir(EXPERIMENT, cfg, ns)
     print(f"results: {run_dir.path}", file=sys.stderr)
     start = time.perf_counter()
-    run(cfg, run_dir, callback=callback)
+    with experiment.compile_fast(cfg.fast_compile):
+        run(cfg, run_dir, callback=callback)
     print(f"wall time this session: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return run_dir
 

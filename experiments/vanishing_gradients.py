@@ -54,7 +54,8 @@ class Config:
     training leaves every cell on the adding baseline, steepens the tanh RNN's decay
     and flattens the GRU's. In the phase diagram lambda_1 follows ln(rho) below
     rho = 1 and turns positive just above it, and g(k)/g(1) crosses 1 a little
-    further up. --quick (two cells, tiny sizes) is a smoke test.
+    further up. --quick (two cells, tiny sizes, compiled fast) is a smoke test: about
+    30 s on a 2-core CPU, 16 s once its programs are in the compile cache.
     """
 
     cells: tuple[str, ...] = dataclasses.field(
@@ -100,9 +101,11 @@ class Config:
     formats: tuple[str, ...] = dataclasses.field(
         default=("png", "pdf"), metadata={"help": "figure formats (png, pdf, svg)"}
     )
+    fast_compile: bool = experiment.fast_compile_field()
 
     PRESETS = {
-        # Two cells only: compiling each cell's programs dominates at this size.
+        # Two cells only, and fast compiling: compiling each cell's programs is most
+        # of the wall time at this size.
         "quick": dict(
             cells=("elman-tanh", "lstm"),
             hidden_size=16,
@@ -113,6 +116,7 @@ class Config:
             gains=(0.5, 1.0, 1.5),
             phase_distance=20,
             formats=("png",),
+            fast_compile=True,
         ),
     }
 
@@ -274,27 +278,32 @@ def phase_diagram(cfg: Config) -> dict:
     """tanh RNN with orthogonal W_h scaled to each gain: g(k)/g(1) and lambda_1, vmapped."""
     task = tasks.get(cfg.task)
     cell = rnnlab.elman(cfg.hidden_size, nonlinearity="tanh", recurrent_init="orthogonal")
-    k_params, k_data, k_readout = jax.random.split(jax.random.key(cfg.seed + 1), 3)
-    params = jax.vmap(cell.init, in_axes=(0, None))(
-        jax.random.split(k_params, cfg.seeds), task.input_size)
-    # A fixed random projection, not a trained readout: the probe of an untrained RNN.
-    readout = jax.random.normal(k_readout, (cfg.hidden_size,)) / np.sqrt(cfg.hidden_size)
-    batches = cfg.phase_input_scale * jax.vmap(
-        lambda k: task.sample(k, cfg.batch_size, cfg.seq_len).inputs
-    )(jax.random.split(k_data, cfg.seeds))  # [S, T, B, F]
     k, T = cfg.phase_distance, cfg.seq_len
 
-    def one(gain, p, xs):
-        p = p._replace(W_h=gain * p.W_h)
-        log_norms = diagnostics.carry_grad_norms(
-            cell, p, xs, lambda ys, c: jnp.sum(ys[-1] @ readout), log=True)  # [T, B]
-        lyap = diagnostics.lyapunov_exponents(cell, p, xs[:, 0], 1, transient=T // 4)[0]
-        return log_norms[T - 1 - k] - log_norms[T - 2], lyap
+    def over_gains_one_device(gains):
+        # Drawn inside the one compiled program (replicated on every device): eager
+        # draws would each compile their own small program first.
+        k_params, k_data, k_readout = jax.random.split(jax.random.key(cfg.seed + 1), 3)
+        params = jax.vmap(cell.init, in_axes=(0, None))(
+            jax.random.split(k_params, cfg.seeds), task.input_size)
+        # A fixed random projection, not a trained readout: the probe of an untrained RNN.
+        readout = jax.random.normal(k_readout, (cfg.hidden_size,)) / np.sqrt(cfg.hidden_size)
+        batches = cfg.phase_input_scale * jax.vmap(
+            lambda key: task.sample(key, cfg.batch_size, cfg.seq_len).inputs
+        )(jax.random.split(k_data, cfg.seeds))  # [S, T, B, F]
 
-    over_seeds = jax.vmap(one, in_axes=(None, 0, 0))
-    # The gains are split across the devices; params and batches are replicated.
-    over_gains = distributed.shard_over_seeds(
-        lambda g: jax.vmap(over_seeds, in_axes=(0, None, None))(g, params, batches))
+        def one(gain, p, xs):
+            p = p._replace(W_h=gain * p.W_h)
+            log_norms = diagnostics.carry_grad_norms(
+                cell, p, xs, lambda ys, c: jnp.sum(ys[-1] @ readout), log=True)  # [T, B]
+            lyap = diagnostics.lyapunov_exponents(cell, p, xs[:, 0], 1, transient=T // 4)[0]
+            return log_norms[T - 1 - k] - log_norms[T - 2], lyap
+
+        over_seeds = jax.vmap(one, in_axes=(None, 0, 0))
+        return jax.vmap(over_seeds, in_axes=(0, None, None))(gains, params, batches)
+
+    # The gains are split across the devices.
+    over_gains = distributed.shard_over_seeds(over_gains_one_device)
     log_ratio, lyap = over_gains(jnp.asarray(cfg.gains, jnp.float32))
     out = {"gain": list(cfg.gains), "distance": k}
     log_ratio = np.asarray(log_ratio, np.float64).reshape(len(cfg.gains), -1)  # [G, S*B]
@@ -382,7 +391,8 @@ def main(argv=None) -> Path:
     cfg, ns = experiment.parse_config(Config, argv, prog="vanishing_gradients.py", replot=True)
     run = experiment.open_run_dir(EXPERIMENT, cfg, ns)
     names, results = cfg.cell_names, {}
-    with experiment.progress("vanishing gradients", total=len(names) + 1) as advance:
+    with (experiment.compile_fast(cfg.fast_compile),
+          experiment.progress("vanishing gradients", total=len(names) + 1) as advance):
         for name in names:
             done = run.read_json(f"cells/{name}.json")
             if done is None:

@@ -53,6 +53,10 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 jax.config.update(
     "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
 )
+# The experiments' persistent compilation cache stays off, in this process and in the
+# experiments run as subprocesses: a test measures compiling, not an earlier run's files
+# (tests/test_experiment.py checks the cache itself).
+os.environ.setdefault("RNNLAB_COMPILE_CACHE", "none")
 
 # ----------------------------------------------------------------------------- hypothesis
 

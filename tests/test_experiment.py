@@ -89,6 +89,85 @@ def test_run_dir_refuses_other_config_and_resumes_same(tmp_path):
     assert fresh.read_json("part.json") is None
 
 
+def test_a_folder_from_before_a_new_field_resumes_at_its_default(tmp_path):
+    experiment.RunDir(tmp_path / "r", Cfg()).write_json("part.json", {"x": 1})
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    del saved["plot"]  # as written by a version without the field
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    again = experiment.RunDir(tmp_path / "r", Cfg())  # plot=True is the default: resumes
+    assert again.read_json("part.json") == {"x": 1}
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["plot"] is True
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(experiment.ConfigMismatchError, match="plot"):
+        experiment.RunDir(tmp_path / "r", Cfg(plot=False))  # not the default: refused
+
+
+def test_compile_fast_sets_jax_flag_and_restores_it():
+    import jax
+
+    flag = "jax_disable_most_optimizations"
+    before = jax.config.read(flag)
+    try:
+        for outer in (False, True):
+            jax.config.update(flag, outer)
+            with experiment.compile_fast(True):
+                assert jax.config.read(flag) is True
+            assert jax.config.read(flag) is outer
+            with experiment.compile_fast(False):  # never turns a caller's setting off
+                assert jax.config.read(flag) is outer
+    finally:
+        jax.config.update(flag, before)
+
+
+_CACHE_PROBE = """
+import sys, jax, jax.numpy as jnp
+from rnnlab import experiment
+experiment._CACHE_MIN_COMPILE_SECONDS = 0.0  # the probe compiles in milliseconds
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
+print(experiment.use_compile_cache(sys.argv[1]))
+print(float(jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)).sum()), len(hits))
+"""
+
+
+@pytest.mark.slow  # two fresh processes, ~7 s
+def test_compile_cache_is_written_then_read_by_the_next_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+
+    def probe(arg):
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, arg], check=True, env=env,
+                             capture_output=True, text=True)
+        words = out.stdout.split()
+        return words[0], float(words[1]), int(words[2])
+
+    first = probe(str(cache))
+    assert first[0] == str(cache) and first[2] == 0 and any(cache.iterdir())
+    second = probe(str(cache))
+    assert second[1] == first[1] and second[2] >= 1  # loaded, not compiled
+
+
+def test_compile_cache_off_and_a_directory_set_in_jax_is_kept(tmp_path, monkeypatch):
+    import jax
+
+    monkeypatch.delenv(experiment.COMPILE_CACHE_ENV, raising=False)
+    assert experiment.use_compile_cache("none") is None
+    monkeypatch.setenv(experiment.COMPILE_CACHE_ENV, "off")
+    assert experiment.use_compile_cache() is None  # the environment's choice
+    assert jax.config.jax_compilation_cache_dir is None
+    # Nothing compiles between setting and resetting, so this process's cache stays off.
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    try:
+        assert experiment.use_compile_cache(tmp_path / "ours") == tmp_path / "mine"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "out.json"
     experiment.atomic_write_json(path, {"old": True})

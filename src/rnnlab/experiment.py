@@ -338,6 +338,15 @@ def build_parser(
         action="store_true",
         help="replace an existing results folder even if it was made with a different config",
     )
+    run.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help="keep compiled programs in DIR, so a re-run or a resumed run skips compiling "
+        f"them (JAX's persistent compilation cache); 'none' for no cache (default: "
+        f"${COMPILE_CACHE_ENV} if set, else {_DEFAULT_COMPILE_CACHE}; a "
+        "JAX_COMPILATION_CACHE_DIR of your own takes precedence)",
+    )
     return parser
 
 
@@ -399,6 +408,69 @@ def parse_config(
     return config, ns
 
 
+# ----------------------------------------------------------------------------- compiling
+
+
+def fast_compile_field() -> Any:
+    """The ``fast_compile`` config field the scripts share (their ``--quick`` turns it on)."""
+    return dataclasses.field(default=False, metadata={"help": (
+        "compile with most of XLA's optimisation passes off "
+        "(jax_disable_most_optimizations): programs compile in roughly half the time "
+        "and run slower, which pays at tiny sizes, where compiling is most of the "
+        "wall time; numbers can differ in the last float bits")})
+
+
+COMPILE_CACHE_ENV = "RNNLAB_COMPILE_CACHE"
+_DEFAULT_COMPILE_CACHE = "~/.cache/rnnlab/jax"
+# Programs that compile faster than this are not worth a file (the eager ops).
+_CACHE_MIN_COMPILE_SECONDS = 0.1
+
+
+def use_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Keeps the programs compiled from here on in ``path`` (JAX's persistent
+    compilation cache), so a later run of the same programs loads them instead.
+
+    ``path`` None means ``$RNNLAB_COMPILE_CACHE``, else ``~/.cache/rnnlab/jax``;
+    ``"none"`` turns the cache off. A cache directory already set in JAX (e.g.
+    ``JAX_COMPILATION_CACHE_DIR``) is kept. Entries are keyed by the program,
+    the compile options, the device and the JAX version, so a cached program is
+    the one that would be compiled. Nothing evicts entries (a --quick run adds
+    about 1 MB): delete the folder whenever you like. Returns the directory in
+    use, or None.
+    """
+    import jax
+
+    if path is None:
+        path = os.environ.get(COMPILE_CACHE_ENV) or _DEFAULT_COMPILE_CACHE
+    if str(path).strip().lower() in ("none", "off", ""):
+        return None
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return Path(current)
+    folder = Path(path).expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_SECONDS)
+    return folder
+
+
+@contextlib.contextmanager
+def compile_fast(enabled: bool = True) -> Iterator[None]:
+    """XLA skips most optimisation passes for what is compiled inside the block.
+
+    Restores the previous setting on exit. The setting is not part of JAX's
+    compilation cache key, so a jitted function compiled inside and called again
+    outside with the same shapes keeps its less optimised program.
+    """
+    import jax
+
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", bool(enabled) or previous)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
 # ----------------------------------------------------------------------------- results folders
 
 
@@ -411,6 +483,22 @@ class FolderBusyError(RuntimeError):
 
 
 CLAIM_FILE = ".claim"
+
+
+def _with_new_defaults(old: dict, config: Any) -> dict:
+    """A saved config with the fields added since it was written filled in at their
+    defaults, so a folder from an older rnnlab still resumes."""
+    if not dataclasses.is_dataclass(config):
+        return old
+    filled = dict(old)
+    for f in dataclasses.fields(config):
+        if f.name in filled:
+            continue
+        if f.default is not dataclasses.MISSING:
+            filled[f.name] = to_jsonable(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            filled[f.name] = to_jsonable(f.default_factory())
+    return filled
 
 
 def _claim(folder: Path):
@@ -518,7 +606,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         _claim(self.path)  # before anything is compared or emptied
         if cfg_file.exists():
-            old = json.loads(cfg_file.read_text())
+            old = _with_new_defaults(json.loads(cfg_file.read_text()), config)
             if old != cfg_json and not overwrite:
                 diff = {
                     k: (old.get(k), cfg_json.get(k))
@@ -734,7 +822,9 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
 
 
 def open_run_dir(experiment: str, config: Any, namespace: argparse.Namespace) -> RunDir:
-    """Opens the run's folder from ``--out``/``--overwrite``; exits with a message on a mismatch."""
+    """Opens the run's folder from ``--out``/``--overwrite`` (exits with a message on a
+    mismatch) and turns on the ``--compile-cache``."""
+    use_compile_cache(getattr(namespace, "compile_cache", None))
     path = namespace.out or default_run_name(experiment, config)
     try:
         return RunDir(path, config, overwrite=namespace.overwrite)
