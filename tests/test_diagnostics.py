@@ -486,3 +486,36 @@ def test_errors():
         diagnostics.fit_decay_rate(jnp.ones((T, B)), jnp.ones((B,)))
     with pytest.raises(TypeError, match="protocol"):
         diagnostics.jacobian_norms(object(), params, xs[:, 0])
+    # lengths' values are checked before the diagnostic compiles itself, as scan checks them.
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\]"):
+        diagnostics.carry_grad_norms(cell, params, xs, _loss, lengths=jnp.full((B,), T + 1))
+
+
+def test_called_outside_a_jit_a_diagnostic_compiles_once():
+    """Called eagerly, a diagnostic is one compiled program per cell and loss: a second call
+    with new values does not trace the step again; an unhashable cell runs uncompiled."""
+    cell = rnnlab.registry.get("lstm", H)
+    params = cell.init(jax.random.key(0), F)
+    xs = jax.random.normal(jax.random.key(1), (T, B, F))
+    traced = []
+
+    def counting(p, c, x):
+        traced.append(1)
+        return cell.step(p, c, x)
+
+    counted = cell._replace(step=counting)
+    for call in (lambda p: diagnostics.carry_grad_norms(counted, p, xs, _loss),
+                 lambda p: diagnostics.lyapunov_exponents(counted, p, xs[:, 0], 2)):
+        first = call(params)
+        before = len(traced)
+        second = call(jax.tree.map(lambda a: a * 1.01, params))  # new values, same shapes
+        assert len(traced) == before  # the compiled program ran; nothing was traced
+        assert not np.allclose(np.asarray(first), np.asarray(second))
+
+    class Unhashable:  # defines __eq__ and no __hash__, as a non-frozen dataclass does
+        __hash__ = None
+
+    runs = []
+    double = diagnostics._compiled(lambda cell, x: runs.append(cell) or 2 * x, "cell")
+    np.testing.assert_array_equal(double(Unhashable(), jnp.arange(3.0)), [0.0, 2.0, 4.0])
+    assert isinstance(runs[-1], Unhashable)  # ran as it is, not under a jit

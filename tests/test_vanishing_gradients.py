@@ -42,7 +42,7 @@ def quick_run(vg, tmp_path_factory):
         overwrite=True,
     )
     out = tmp_path_factory.mktemp("vg") / "run"
-    args = ["--quick", "--out", str(out), "--cells", "elman-tanh,lstm,test-half-linear"]
+    args = ["--quick", "--out", str(out), "--cells", "elman-tanh,test-half-linear"]
     path = vg.main(args)
     return vg, args, Path(path)
 
@@ -58,21 +58,21 @@ def test_quick_run_writes_everything(quick_run):
         "config.json",
         "environment.json",
         "COMPLETE",
-        "cells/lstm.json",
-        "norms_lstm.npz",
+        "cells/elman-tanh.json",
+        "norms_elman-tanh.npz",
     ]:
         assert (path / name).exists(), name
     env = json.loads((path / "environment.json").read_text())
     assert env["jax"] == jax.__version__ and env["devices"]
     summary = json.loads((path / "summary.json").read_text())
-    assert set(summary["cells"]) == {"elman-tanh", "lstm", "test-half-linear"}
+    assert set(summary["cells"]) == {"elman-tanh", "test-half-linear"}
     cfg = json.loads((path / "config.json").read_text())
-    raw = np.load(path / "norms_lstm.npz")
+    raw = np.load(path / "norms_elman-tanh.npz")
     assert raw["log_init"].shape == (cfg["seeds"], cfg["seq_len"], cfg["batch_size"])
     # The summary is the median over seeds x sequences of the raw log-norms, by distance.
     k = 5
     want = np.median(raw["log_init"][:, cfg["seq_len"] - 1 - k, :].astype(np.float64))
-    got = summary["cells"]["lstm"]["init"]
+    got = summary["cells"]["elman-tanh"]["init"]
     np.testing.assert_allclose(got["log_median"][k - 1], want, rtol=1e-6)
     np.testing.assert_allclose(got["median"][k - 1], np.exp(want), rtol=1e-6)
 

@@ -16,7 +16,12 @@ per-step decay factor (``< 1``: vanishing, ``> 1``: exploding).
 
 All functions take any object following the :class:`rnnlab.Cell` protocol and
 work under ``jax.jit`` and ``jax.vmap`` (bind the cell and the loss first, e.g.
-``jax.jit(functools.partial(carry_grad_norms, cell, loss_fn=loss))``).
+``jax.jit(functools.partial(carry_grad_norms, cell, loss_fn=loss))``). Called
+outside a jit, :func:`carry_grad_norms`, :func:`jacobian_norms` and
+:func:`lyapunov_exponents` check their arguments, then run as one compiled program
+per cell, loss function and option set, reused by the next call with the same
+shapes (so keep the loss one named function: a fresh lambda each call compiles
+afresh).
 
 The state is every floating leaf of the carry; a complex leaf counts as its
 real and imaginary parts (so norms use :math:`|z|^2` and Jacobians are those
@@ -38,6 +43,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -49,7 +56,7 @@ from jax.flatten_util import ravel_pytree
 
 from rnnlab import checks
 from rnnlab.cell import Array, Carry, Cell, Params, checkpointed_step, prepare_params
-from rnnlab.sequence import scan
+from rnnlab.sequence import _check_lengths, scan
 from rnnlab.validation import check_carry, check_cell, check_float_input
 
 __all__ = [
@@ -164,9 +171,38 @@ def carry_grad_norms(
         raise TypeError(f"loss_fn must be callable (ys, final_carry) -> scalar; got {loss_fn!r}.")
     xs = _check_xs(xs, min_ndim=2, what="[T, F] or [T, *batch, F]",
                    where="carry_grad_norms", params=params, carry=carry)
-    num_steps, batch_shape, num_features = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
-    carry = _initial_or_checked(cell, params, carry, batch_shape)
+    carry = _initial_or_checked(cell, params, carry, xs.shape[1:-1])
+    if lengths is not None:  # its values, before a jit makes them abstract
+        _check_lengths(lengths, xs.shape[1:-1], xs.shape[0])
+    return _carry_grad_norms_compiled(cell, params, xs, loss_fn, carry, lengths, per_leaf, log,
+                                      resets)
 
+
+def _compiled(impl: Callable, *static: str) -> Callable:
+    """``impl`` (positional arguments) compiled as one program per value of its ``static``
+    arguments (a cell, a loss function, flags); run as it is when one is not hashable.
+
+    Called outside a jit, the code around a diagnostic's scans would otherwise run op by
+    op, each op its own small compile (docs/performance.md); under a jit it is inlined.
+    """
+    jitted = jax.jit(impl, static_argnames=static)
+    names = list(inspect.signature(impl).parameters)
+    positions = [names.index(n) for n in static]
+
+    @functools.wraps(impl)
+    def call(*args):
+        try:
+            hash(tuple(args[i] for i in positions))
+        except TypeError:
+            return impl(*args)
+        return jitted(*args)
+
+    return call
+
+
+def _carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf, log, resets):
+    """:func:`carry_grad_norms` once its arguments are checked."""
+    num_steps, batch_shape, num_features = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
     leaves, treedef = jax.tree.flatten(carry)
     layout = _batched_layout(leaves, batch_shape)
     if log:
@@ -218,6 +254,9 @@ def carry_grad_norms(
             for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)
         ]
     )
+
+
+_carry_grad_norms_compiled = _compiled(_carry_grad_norms, "cell", "loss_fn", "per_leaf", "log")
 
 
 def _log_carry_grad_norms(cell, params, xs, loss_fn, carry, lengths, per_leaf, resets):
@@ -504,7 +543,12 @@ def jacobian_norms(
     vec0, _ = _state_vector(carry)
     if vec0.size == 0:
         raise ValueError("the carry has no floating leaves; there is no state to differentiate.")
+    return _jacobian_norms_compiled(cell, params, xs, carry, return_spectra)
 
+
+def _jacobian_norms(cell, params, xs, carry, return_spectra):
+    """:func:`jacobian_norms` once its arguments are checked."""
+    vec0, _ = _state_vector(carry)
     step_params = prepare_params(cell, params)
     # carries_in[t] = c_{t-1}, the carry that step t reads.
     _, carries_in = scan(_recording(cell, carry), step_params, xs)
@@ -528,6 +572,9 @@ def jacobian_norms(
     spectra = jnp.concatenate([jnp.linalg.svd(P0, compute_uv=False)[None], spectra_rest])
     norms = spectra[:, 0]
     return (norms, spectra) if return_spectra else norms
+
+
+_jacobian_norms_compiled = _compiled(_jacobian_norms, "cell", "return_spectra")
 
 
 def lyapunov_exponents(
@@ -613,6 +660,13 @@ def lyapunov_exponents(
         raise ValueError(
             f"transient must lie in [0, T-1] = [0, {num_steps - 1}]; received {transient}."
         )
+    return _lyapunov_exponents_compiled(cell, params, xs, k, carry, transient, key)
+
+
+def _lyapunov_exponents(cell, params, xs, k, carry, transient, key):
+    """:func:`lyapunov_exponents` once its arguments are checked."""
+    vec0, _ = _state_vector(carry)
+    dim = vec0.size
 
     def qr_step(p, state, x):
         c, Q, t = state
@@ -642,6 +696,9 @@ def lyapunov_exponents(
     _, log_r = scan(tracker, prepare_params(cell, params), xs)  # [T, k]
     exponents = jnp.mean(log_r[transient:], axis=0)
     return -jnp.sort(-exponents)
+
+
+_lyapunov_exponents_compiled = _compiled(_lyapunov_exponents, "cell", "k", "transient")
 
 
 # ----------------------------------------------------------------------------
