@@ -298,15 +298,16 @@ def main(argv=None) -> Path:
     run = experiment.open_run_dir(EXPERIMENT, cfg, ns)
     with experiment.compile_fast(cfg.fast_compile):
         measured = {p: measure(cfg, p).tolist() for p in PARAMETRISATIONS}
-    lam = np.asarray(cfg.lambdas)
-    theory = {p: closed_form(p, lam).tolist() for p in PARAMETRISATIONS}
-    rows = [dict(parametrisation=p, lam=float(v), measured=measured[p][i], closed_form=theory[p][i])
-            for p in PARAMETRISATIONS for i, v in enumerate(lam)]
-    run.write_csv("curse_of_memory.csv", rows)
-    cells = {}
-    for name in cfg.cells:
-        cells[name] = measure_cell(cfg, name)
-        print(f"curse of memory: measured {name}", flush=True)
+        lam = np.asarray(cfg.lambdas)
+        theory = {p: closed_form(p, lam).tolist() for p in PARAMETRISATIONS}
+        rows = [dict(parametrisation=p, lam=float(v), measured=measured[p][i],
+                     closed_form=theory[p][i])
+                for p in PARAMETRISATIONS for i, v in enumerate(lam)]
+        run.write_csv("curse_of_memory.csv", rows)
+        cells = {}
+        for name in cfg.cells:
+            cells[name] = measure_cell(cfg, name)
+            print(f"curse of memory: measured {name}", flush=True)
     run.write_csv("curse_of_memory_cells.csv", [
         dict(cell=name, tangent=tangent, tau=float(tau), per_unit=values[i])
         for name, per_tangent in cells.items() for tangent, values in per_tangent.items()

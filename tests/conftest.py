@@ -53,9 +53,18 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 jax.config.update(
     "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
 )
-# The experiments' persistent compilation cache stays off, in this process and in the
-# experiments run as subprocesses: a test measures compiling, not an earlier run's files
-# (tests/test_experiment.py checks the cache itself).
+# Compiled programs persist across runs of the suite (JAX's compilation cache, keyed by
+# the program, the compile options, the device and the versions, so a changed program
+# compiles afresh): a re-run takes about half the time of the first (docs/performance.md).
+# In this process only: the experiments the tests start as processes, some to be killed
+# mid-run, compile afresh (JAX writes a cache entry in place, so a kill can leave half of
+# one). RNNLAB_TEST_COMPILE_CACHE=none runs without; the folder may be deleted any time.
+_TEST_CACHE = os.environ.get("RNNLAB_TEST_COMPILE_CACHE",
+                             str(Path(__file__).resolve().parents[1] / ".jax_cache"))
+if _TEST_CACHE.lower() != "none" and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", _TEST_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.03)
+# The experiments' own default cache (~/.cache/rnnlab/jax) stays out of the suite.
 os.environ.setdefault("RNNLAB_COMPILE_CACHE", "none")
 
 # ----------------------------------------------------------------------------- hypothesis

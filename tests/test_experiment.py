@@ -159,13 +159,14 @@ def test_compile_cache_off_and_a_directory_set_in_jax_is_kept(tmp_path, monkeypa
     assert experiment.use_compile_cache("none") is None
     monkeypatch.setenv(experiment.COMPILE_CACHE_ENV, "off")
     assert experiment.use_compile_cache() is None  # the environment's choice
-    assert jax.config.jax_compilation_cache_dir is None
-    # Nothing compiles between setting and resetting, so this process's cache stays off.
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    before = jax.config.jax_compilation_cache_dir  # the suite's own cache, unless turned off
+    # Nothing compiles between setting and resetting, so the suite's cache is unchanged.
+    jax.config.update("jax_compilation_cache_dir", before or str(tmp_path / "mine"))
     try:
-        assert experiment.use_compile_cache(tmp_path / "ours") == tmp_path / "mine"
+        assert experiment.use_compile_cache(tmp_path / "ours") == Path(
+            before or tmp_path / "mine")
     finally:
-        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_compilation_cache_dir", before)
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
