@@ -182,6 +182,15 @@ def _field_type(cls: type, field: dataclasses.Field) -> Any:
     return hints.get(field.name, str)
 
 
+def _field_default(field: dataclasses.Field) -> Any:
+    """A field's default (its factory called), or ``dataclasses.MISSING`` if it has none."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -276,7 +285,7 @@ def build_parser(
     for f in dataclasses.fields(config_cls):
         tp = _field_type(config_cls, f)
         base, _ = _unwrap_optional(tp)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _field_default(f)
         help_text = f.metadata.get("help", "")
         flag = _flag(f.name)
         also = tuple(aliases.get(f.name, ()))
@@ -494,10 +503,9 @@ def _with_new_defaults(old: dict, config: Any) -> dict:
     for f in dataclasses.fields(config):
         if f.name in filled:
             continue
-        if f.default is not dataclasses.MISSING:
-            filled[f.name] = to_jsonable(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            filled[f.name] = to_jsonable(f.default_factory())
+        default = _field_default(f)
+        if default is not dataclasses.MISSING:
+            filled[f.name] = to_jsonable(default)
     return filled
 
 
