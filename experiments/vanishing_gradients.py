@@ -54,8 +54,8 @@ class Config:
     training leaves every cell on the adding baseline, steepens the tanh RNN's decay
     and flattens the GRU's. In the phase diagram lambda_1 follows ln(rho) below
     rho = 1 and turns positive just above it, and g(k)/g(1) crosses 1 a little
-    further up. --quick (two cells, tiny sizes, compiled fast) is a smoke test: about
-    30 s on a 2-core CPU, 16 s once its programs are in the compile cache.
+    further up. --quick (two cells, tiny sizes, compiled fast) is a smoke test; its
+    start-up with and without the compile cache is in docs/performance.md.
     """
 
     cells: tuple[str, ...] = dataclasses.field(

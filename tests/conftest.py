@@ -55,7 +55,7 @@ jax.config.update(
 )
 # Compiled programs persist across runs of the suite (JAX's compilation cache, keyed by
 # the program, the compile options, the device and the versions, so a changed program
-# compiles afresh): a re-run takes about half the time of the first (docs/performance.md).
+# compiles afresh): a re-run skips most of the compiling (timings: docs/performance.md).
 # In this process only: the experiments the tests start as processes, some to be killed
 # mid-run, compile afresh (JAX writes a cache entry in place, so a kill can leave half of
 # one). RNNLAB_TEST_COMPILE_CACHE=none runs without; the folder may be deleted any time.

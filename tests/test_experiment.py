@@ -131,7 +131,7 @@ print(float(jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)).sum()), l
 """
 
 
-@pytest.mark.slow  # two fresh processes, ~7 s
+@pytest.mark.slow  # two fresh processes
 def test_compile_cache_is_written_then_read_by_the_next_process(tmp_path):
     import os
     import subprocess

@@ -424,9 +424,9 @@ def fast_compile_field() -> Any:
     """The ``fast_compile`` config field the scripts share (their ``--quick`` turns it on)."""
     return dataclasses.field(default=False, metadata={"help": (
         "compile with most of XLA's optimisation passes off "
-        "(jax_disable_most_optimizations): programs compile in roughly half the time "
-        "and run slower, which pays at tiny sizes, where compiling is most of the "
-        "wall time; numbers can differ in the last float bits")})
+        "(jax_disable_most_optimizations): programs compile faster and run slower, "
+        "which pays at tiny sizes, where compiling is most of the wall time; numbers "
+        "can differ in the last float bits")})
 
 
 COMPILE_CACHE_ENV = "RNNLAB_COMPILE_CACHE"
@@ -443,9 +443,8 @@ def use_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     ``"none"`` turns the cache off. A cache directory already set in JAX (e.g.
     ``JAX_COMPILATION_CACHE_DIR``) is kept. Entries are keyed by the program,
     the compile options, the device and the JAX version, so a cached program is
-    the one that would be compiled. Nothing evicts entries (a --quick run adds
-    about 1 MB): delete the folder whenever you like. Returns the directory in
-    use, or None.
+    the one that would be compiled. Nothing evicts entries: delete the folder
+    whenever you like. Returns the directory in use, or None.
     """
     import jax
 
