@@ -14,6 +14,7 @@ Mapping: ``i2h.weight = [V^T | W_z^T | W^T]`` (torch's ``[out, in]``), ``i2h.bia
 uniform in ``+-1/sqrt(n_inp + 2 n_hid)`` (bias too); rnnlab's default is lecun_normal with
 a zero bias, so the tests draw the code's way and map the weights in."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -92,3 +93,31 @@ def test_cornn_defaults_are_the_smnist_scripts():
 
     params = inspect.signature(rnnlab.cornn).parameters
     assert {k: params[k].default for k in ("dt", "gamma", "epsilon")} == SETTINGS["smnist"]
+
+
+def test_cornn_adding_entry_is_the_adding_scripts_setting():
+    """cornn-adding: the adding script's dt, gamma, epsilon and i2h's uniform draw."""
+    from rnnlab import registry
+
+    hidden = 128
+    cell = registry.get("cornn-adding", hidden)
+    params = cell.init(jax.random.key(0), 2)
+    bound = (2 + 2 * hidden) ** -0.5  # nn.Linear(n_inp + 2 n_hid, n_hid), n_inp = 2
+    for name in ("V", "W", "W_z"):
+        w = np.asarray(getattr(params, name))
+        assert np.max(np.abs(w)) <= bound, name
+        # uniform on [-bound, bound]: variance bound^2 / 3 (to 4 standard errors of the
+        # sample variance, whose relative s.e. is sqrt(0.8 / n)), both ends reached
+        np.testing.assert_allclose(w.var(), bound**2 / 3, rtol=4 * (0.8 / w.size) ** 0.5,
+                                   err_msg=name)
+        assert np.max(np.abs(w)) > 0.95 * bound, name
+    assert not np.any(np.asarray(params.b))
+    # dt, gamma, epsilon: one step from a chosen carry against the update written out
+    dt, gamma, epsilon = (SETTINGS["adding"][k] for k in ("dt", "gamma", "epsilon"))
+    y0, z0 = jnp.full((hidden,), 0.1), jnp.full((hidden,), -0.2)
+    p = params._replace(V=jnp.zeros_like(params.V), W=jnp.zeros_like(params.W),
+                        W_z=jnp.zeros_like(params.W_z), b=jnp.full_like(params.b, 0.5))
+    carry, _ = cell.step(p, type(cell.initial_carry(p))(y=y0, z=z0), jnp.zeros(2))
+    z1 = -0.2 + dt * (np.tanh(0.5) - gamma * 0.1 - epsilon * -0.2)
+    np.testing.assert_allclose(np.asarray(carry.z), z1, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(carry.y), 0.1 + dt * z1, rtol=1e-5)

@@ -291,3 +291,22 @@ register(
     description="LEM, dt = 0.0242, weights U(+-1/sqrt(H)): the authors' adding-problem setting",
     tags=("stable", "zoo", "paper-setting"),
 )
+
+
+def _cornn_adding(hidden_size: int, **options: Any) -> Cell:
+    # The authors' adding-problem script (tk-rusch/coRNN, adding/): its argparse defaults
+    # dt = 0.06, gamma = 66, epsilon = 15, and torch's Linear default for the one i2h
+    # layer over (input, z, y), uniform in +-1/sqrt(fan-in) with fan-in 2 + 2H for the
+    # adding problem's two inputs (biases stay zero here, where the script draws them alike).
+    bound = (2 + 2 * hidden_size) ** -0.5
+    init = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
+    return cornn(hidden_size, **{"dt": 0.06, "gamma": 66.0, "epsilon": 15.0,
+                                 "recurrent_init": init, "input_init": init, **options})
+
+
+register(
+    "cornn-adding",
+    _cornn_adding,
+    description="coRNN, dt 0.06, gamma 66, eps 15, U(+-1/sqrt(2+2H)): the authors' adding script",
+    tags=("stable", "zoo", "paper-setting"),
+)
