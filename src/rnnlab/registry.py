@@ -275,12 +275,16 @@ register(
 # code is the entry it names, so the test suite does not parametrise over these again.
 
 
+def _uniform(bound: float):
+    # torch's default Linear draw, U(+-1/sqrt(fan_in)), which the authors' scripts keep.
+    return functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
+
+
 def _lem_adding(hidden_size: int, **options: Any) -> Cell:
     # The authors' adding-problem script (tk-rusch/LEM, src/adding): dt = 0.0242 and
     # every weight uniform in +-1/sqrt(H), the input weights included (biases stay zero
     # here, where the script draws them alike).
-    bound = hidden_size**-0.5
-    init = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
+    init = _uniform(hidden_size**-0.5)
     return lem(hidden_size, **{"dt": 0.0242, "recurrent_init": init, "input_init": init,
                                **options})
 
@@ -298,8 +302,7 @@ def _cornn_adding(hidden_size: int, **options: Any) -> Cell:
     # dt = 0.06, gamma = 66, epsilon = 15, and torch's Linear default for the one i2h
     # layer over (input, z, y), uniform in +-1/sqrt(fan-in) with fan-in 2 + 2H for the
     # adding problem's two inputs (biases stay zero here, where the script draws them alike).
-    bound = (2 + 2 * hidden_size) ** -0.5
-    init = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
+    init = _uniform((2 + 2 * hidden_size) ** -0.5)
     return cornn(hidden_size, **{"dt": 0.06, "gamma": 66.0, "epsilon": 15.0,
                                  "recurrent_init": init, "input_init": init, **options})
 
