@@ -276,7 +276,7 @@ register(
 
 
 def _uniform(bound: float):
-    # torch's default Linear draw, U(+-1/sqrt(fan_in)), which the authors' scripts keep.
+    # U(+-bound), the uniform weight draw of the authors' scripts below.
     return functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
 
 
