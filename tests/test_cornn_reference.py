@@ -97,10 +97,8 @@ def test_cornn_defaults_are_the_smnist_scripts():
 
 def test_cornn_adding_entry_is_the_adding_scripts_setting():
     """cornn-adding: the adding script's dt, gamma, epsilon and i2h's uniform draw."""
-    from rnnlab import registry
-
     hidden = 128
-    cell = registry.get("cornn-adding", hidden)
+    cell = rnnlab.registry.get("cornn-adding", hidden)
     params = cell.init(jax.random.key(0), 2)
     bound = (2 + 2 * hidden) ** -0.5  # nn.Linear(n_inp + 2 n_hid, n_hid), n_inp = 2
     for name in ("V", "W", "W_z"):
@@ -117,7 +115,7 @@ def test_cornn_adding_entry_is_the_adding_scripts_setting():
     y0, z0 = jnp.full((hidden,), 0.1), jnp.full((hidden,), -0.2)
     p = params._replace(V=jnp.zeros_like(params.V), W=jnp.zeros_like(params.W),
                         W_z=jnp.zeros_like(params.W_z), b=jnp.full_like(params.b, 0.5))
-    carry, _ = cell.step(p, type(cell.initial_carry(p))(y=y0, z=z0), jnp.zeros(2))
+    carry, _ = cell.step(p, rnnlab.CoRNNCarry(y=y0, z=z0), jnp.zeros(2))
     z1 = -0.2 + dt * (np.tanh(0.5) - gamma * 0.1 - epsilon * -0.2)
     np.testing.assert_allclose(np.asarray(carry.z), z1, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(carry.y), 0.1 + dt * z1, rtol=1e-5)
