@@ -179,3 +179,35 @@ def test_clip_gradient_differs_from_the_codes_projection(x64):
     assert inside.any() and (~inside).any()
     np.testing.assert_allclose(g[inside], g_ref[inside], rtol=1e-6, atol=1e-8)
     assert np.all(g[~inside] == 0) and np.all(g_ref[~inside] != 0)
+
+
+@pytest.mark.parametrize("T", [500, 100])
+def test_indrnn_adding_entry_is_the_lasagne_adding_scripts_network(x64, T):
+    """indrnn-adding: the Theano/Lasagne adding script (Sunnydreamrain/IndRNN_Theano_Lasagne,
+    adding/adding.py, MAG = 2): two ReLU IndRNN layers, W_in N(0, 0.001^2), u uniform in
+    (0, U_bound) then (U_lowbound, U_bound), zero biases; its forward is the second layer's
+    recurrence over the first's outputs, each at clamp(u, U_bound)."""
+    options = {"param_dtype": jnp.float64} | ({} if T == 500 else {"seq_len": T})
+    hi, lo = u_bound(2, T), u_lowbound(2, T)
+    H = 2000
+    first, second = registry.get("indrnn-adding", H, **options).init(jax.random.key(1), 2)
+    assert first.W_x.shape == (2, H) and second.W_x.shape == (H, H)
+    for layer, low in ((first, 0.0), (second, lo)):
+        u, W_x = np.asarray(layer.u), np.asarray(layer.W_x)
+        assert low <= u.min() and u.max() <= hi
+        np.testing.assert_allclose(u.mean(), (low + hi) / 2, atol=4 * (hi - low) / np.sqrt(12 * H))
+        np.testing.assert_allclose(W_x.std(), 0.001, rtol=4 * (0.5 / W_x.size) ** 0.5)
+        assert not np.any(np.asarray(layer.b))
+
+    # The forward at weights drawn here, some |u| past the bound so that the clamp acts.
+    H, n = 6, 3
+    cell = registry.get("indrnn-adding", H, **options)
+    p = tuple(_params(H, F, seed, -1.5 * hi, 1.5 * hi) for F, seed in ((2, 2), (H, 3)))
+    xs = np.asarray(jax.random.uniform(jax.random.key(4), (T, n, 2), jnp.float64))
+    _, ys = rnnlab.scan(cell, p, jnp.asarray(xs))
+    h = xs
+    for layer in p:
+        W_x, u, b = (np.asarray(a) for a in layer)
+        h = indrnn_onlyrecurrent(clip_weight(u, hi), linear_overtime(W_x.T, b, h))
+    assert np.abs(h[-1]).max() > 1e-3  # the oracle's last output is not all zeros
+    np.testing.assert_allclose(np.asarray(ys), h, rtol=1e-12, atol=1e-14)

@@ -19,9 +19,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnnlab import initializers
 from rnnlab.cell import Cell
 from rnnlab.cells import elman, gru, irnn, lru, lstm, mingru, minlstm, orthogonal
 from rnnlab.cells.lru import eigenvalues as _lru_eigenvalues
+from rnnlab.validation import check_positive_int
 
 
 class Entry(NamedTuple):
@@ -173,6 +175,7 @@ from rnnlab.cells import (  # noqa: E402  (kept with the entries it serves)
     rglru,
     s6,
     slstm,
+    stack,
     urnn,
 )
 
@@ -300,16 +303,39 @@ register(
 def _cornn_adding(hidden_size: int, **options: Any) -> Cell:
     # The authors' adding-problem script (tk-rusch/coRNN, adding/): its argparse defaults
     # dt = 0.06, gamma = 66, epsilon = 15, and torch's Linear default for the one i2h
-    # layer over (input, z, y), uniform in +-1/sqrt(fan-in) with fan-in 2 + 2H for the
-    # adding problem's two inputs (biases stay zero here, where the script draws them alike).
+    # layer over (input, z, y), weights and bias uniform in +-1/sqrt(fan-in) with fan-in
+    # 2 + 2H for the adding problem's two inputs.
     init = _uniform((2 + 2 * hidden_size) ** -0.5)
     return cornn(hidden_size, **{"dt": 0.06, "gamma": 66.0, "epsilon": 15.0,
-                                 "recurrent_init": init, "input_init": init, **options})
+                                 "recurrent_init": init, "input_init": init,
+                                 "bias_init": init, **options})
 
 
 register(
     "cornn-adding",
     _cornn_adding,
     description="coRNN, dt 0.06, gamma 66, eps 15, U(+-1/sqrt(2+2H)): the authors' adding script",
+    tags=("stable", "zoo", "paper-setting"),
+)
+
+
+def _indrnn_adding(hidden_size: int, *, seq_len: int = 500, **options: Any) -> Cell:
+    # The authors' adding-problem script (Sunnydreamrain/IndRNN_Theano_Lasagne,
+    # adding/adding.py, its defaults --seq_len 500 --MAG 2 --act relu --in2hidW 0.001):
+    # two ReLU IndRNN layers, input weights N(0, 0.001^2), the first layer's u from
+    # U(0, 2^(1/T)), the second's from U((1/2)^(1/T), 2^(1/T)), |u| <= 2^(1/T) in both
+    # (a clip in the step here, a clamp of the stored u before each batch there), zero
+    # biases (lasagne's default).
+    check_positive_int(seq_len, "seq_len")
+    bound, low = 2.0 ** (1 / seq_len), 0.5 ** (1 / seq_len)
+    layer = functools.partial(indrnn, hidden_size, recurrent_max=bound,
+                              input_init=initializers.normal(0.001), **options)
+    return stack([layer(), layer(recurrent_min=low)])
+
+
+register(
+    "indrnn-adding",
+    _indrnn_adding,
+    description="2-layer IndRNN, |u| <= 2^(1/500), W_x ~ N(0, 0.001^2): the authors' adding script",
     tags=("stable", "zoo", "paper-setting"),
 )

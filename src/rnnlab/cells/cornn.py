@@ -34,6 +34,7 @@ def cornn(
     epsilon: float = 4.7,
     recurrent_init: str | initializers.Initializer = "lecun_normal",
     input_init: str | initializers.Initializer = "lecun_normal",
+    bias_init: str | initializers.Initializer = "zeros",
     param_dtype=jnp.float32,
 ) -> Cell:
     r"""Coupled oscillatory RNN (Rusch & Mishra 2021): a network of damped, driven oscillators.
@@ -68,6 +69,7 @@ def cornn(
       epsilon: the damping :math:`\epsilon`.
       recurrent_init: initialiser for ``W`` and ``W_z``.
       input_init: initialiser for ``V``.
+      bias_init: initialiser for ``b``.
       param_dtype: dtype of the parameters.
 
     References:
@@ -81,15 +83,17 @@ def cornn(
     H = hidden_size
     w_init = initializers.get(recurrent_init, "recurrent_init")
     v_init = initializers.get(input_init, "input_init")
+    b_init = initializers.get(bias_init, "bias_init")
 
     def init(key, input_size: int) -> CoRNNParams:
         check_positive_int(input_size, "input_size")
         k_v, k_w, k_wz = jax.random.split(key, 3)
+        k_b = jax.random.fold_in(key, 3)  # its own key: the weights' draws stay as they were
         return CoRNNParams(
             V=v_init(k_v, (input_size, H), param_dtype),
             W=w_init(k_w, (H, H), param_dtype),
             W_z=w_init(k_wz, (H, H), param_dtype),
-            b=jnp.zeros((H,), param_dtype),
+            b=b_init(k_b, (H,), param_dtype),
         )
 
     def initial_carry(params: CoRNNParams, batch_shape=()) -> CoRNNCarry:
