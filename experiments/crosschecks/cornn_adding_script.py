@@ -53,9 +53,10 @@ def main(argv=None) -> None:
                             help=f"{meaning} (default: {default})")
     parser.add_argument("--out", metavar="FILE", help="write the test MSEs to this JSON file")
     args = parser.parse_args(argv)
-    for flag in ("seq_len", "steps", "hidden_size"):
-        if getattr(args, flag) < 2:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 2; "
+    # T >= 2: each half of the sequence holds one marker.
+    for flag, least in (("seq_len", 2), ("steps", 1), ("hidden_size", 1)):
+        if getattr(args, flag) < least:
+            parser.error(f"--{flag.replace('_', '-')} must be at least {least}; "
                          f"received {getattr(args, flag)}")
     T, H, batch, lr, dt, gamma, eps = args.seq_len, args.hidden_size, 50, 0.02, 0.06, 66.0, 15.0
 
