@@ -115,7 +115,7 @@ def run_one(cfg: LongRangeConfig, spec: dict[str, Any], run_dir: experiment.RunD
         seq_len=T, batch_size=cfg.train_batch_size, optimizer=cfg.optimizer,
         learning_rate=cfg.learning_rate, clip_norm=spec["clip_norm"],
         eval_batch_size=cfg.eval_batch_size)
-    cell = rnnlab.registry.get(spec["cell"], cfg.hidden_size)
+    cell = rnnlab.registry.get_for_length(spec["cell"], cfg.hidden_size, T)
     fns = train.make_train_fns(cell, task, tcfg)
     rel = f"runs/{spec['key']}"
     start = time.perf_counter()

@@ -239,7 +239,7 @@ def _ratio(summary: dict, k: int) -> float | str:
 
 def measure_cell(name: str, cfg: Config, run: experiment.RunDir) -> dict:
     """Gradient norms of one cell at init and after training; writes cells/<name>.json."""
-    task, cell = tasks.get(cfg.task), registry.get(name, cfg.hidden_size)
+    task, cell = tasks.get(cfg.task), registry.get_for_length(name, cfg.hidden_size, cfg.seq_len)
     entry = registry.entry(name)
     tcfg = train.TrainConfig(
         seq_len=cfg.seq_len, batch_size=cfg.train_batch_size, optimizer=cfg.optimizer,

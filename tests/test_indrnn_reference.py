@@ -211,3 +211,22 @@ def test_indrnn_adding_entry_is_the_lasagne_adding_scripts_network(x64, T):
         h = indrnn_onlyrecurrent(clip_weight(u, hi), linear_overtime(W_x.T, b, h))
     assert np.abs(h[-1]).max() > 1e-3  # the oracle's last output is not all zeros
     np.testing.assert_allclose(np.asarray(ys), h, rtol=1e-12, atol=1e-14)
+
+
+def test_get_for_length_gives_the_entry_the_runs_T():
+    """registry.get_for_length passes T to a factory that takes seq_len (so long_range.py
+    --lengths 1000 runs indrnn-adding at |u| <= 2^(1/1000)) and builds any other as get."""
+    T = 1000
+    cell = registry.get_for_length("indrnn-adding", 3, T)
+    first, second = cell.init(jax.random.key(0), 2)
+    assert u_lowbound(2, T) <= float(jnp.min(second.u)) <= float(jnp.max(second.u)) <= u_bound(2, T)
+    # from h = 1 with zero input and bias the first layer steps to relu(clip(u)) = 2^(1/T)
+    p = (first._replace(u=jnp.full(3, 1.5)), second)
+    (h, _), _ = cell.step(p, (jnp.ones(3), jnp.zeros(3)), jnp.zeros(2))
+    np.testing.assert_allclose(np.asarray(h), u_bound(2, T), rtol=1e-6)
+    a = registry.get_for_length("lstm", 4, T).init(jax.random.key(0), 2)
+    b = registry.get("lstm", 4).init(jax.random.key(0), 2)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="received 'nope'"):
+        registry.get_for_length("nope", 4, T)

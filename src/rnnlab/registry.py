@@ -13,6 +13,7 @@ the modern ones in their own modules)::
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -74,6 +75,18 @@ def register(
 def get(name: str, hidden_size: int, **options: Any) -> Cell:
     """Builds the registered cell ``name`` with ``hidden_size`` (and option overrides)."""
     return entry(name).factory(hidden_size, **options)
+
+
+def get_for_length(name: str, hidden_size: int, seq_len: int, **options: Any) -> Cell:
+    """Builds ``name`` for sequences of ``seq_len`` steps.
+
+    A factory with a ``seq_len`` parameter (a paper's setting whose constraint depends
+    on T, such as ``indrnn-adding``'s ``|u| <= 2^(1/T)``) is given it; any other is
+    built as by :func:`get`. The experiments build their cells this way.
+    """
+    if "seq_len" in inspect.signature(entry(name).factory).parameters:
+        options = {"seq_len": seq_len, **options}
+    return get(name, hidden_size, **options)
 
 
 def entry(name: str) -> Entry:
@@ -336,6 +349,6 @@ def _indrnn_adding(hidden_size: int, *, seq_len: int = 500, **options: Any) -> C
 register(
     "indrnn-adding",
     _indrnn_adding,
-    description="2-layer IndRNN, |u| <= 2^(1/500), W_x ~ N(0, 0.001^2): the authors' adding script",
+    description="2-layer IndRNN, |u| <= 2^(1/T), W_x ~ N(0, 0.001^2): the authors' adding script",
     tags=("stable", "zoo", "paper-setting"),
 )
