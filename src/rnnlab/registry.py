@@ -84,9 +84,10 @@ def get_for_length(name: str, hidden_size: int, seq_len: int, **options: Any) ->
     on T, such as ``indrnn-adding``'s ``|u| <= 2^(1/T)``) is given it; any other is
     built as by :func:`get`. The experiments build their cells this way.
     """
-    if "seq_len" in inspect.signature(entry(name).factory).parameters:
+    factory = entry(name).factory
+    if "seq_len" in inspect.signature(factory).parameters:
         options = {"seq_len": seq_len, **options}
-    return get(name, hidden_size, **options)
+    return factory(hidden_size, **options)
 
 
 def entry(name: str) -> Entry:
